@@ -1,0 +1,61 @@
+"""The `peftstd` command: validate recipes, print the schema and the standard's defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from peftstd import __version__
+from peftstd.errors import exit_on_user_error
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from peftstd.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    print(f"ok: {args.config} (schema {cfg.schema_version}, task {cfg.task.type}, method {cfg.method}, "
+          f"learning rate {cfg.learning_rate():g})")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from peftstd.config import RecipeConfig
+
+    print(json.dumps(RecipeConfig.model_json_schema(), indent=2))
+    return 0
+
+
+def cmd_defaults(args: argparse.Namespace) -> int:
+    from peftstd.config.docs import defaults_markdown
+
+    sys.stdout.write(defaults_markdown())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peftstd", description="A standard process for fine-tuning and shipping NLP transformers.")
+    parser.add_argument("--version", action="version", version=f"peftstd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = sub.add_parser("validate", help="check a recipe config against the schema")
+    validate.add_argument("config", help="recipe YAML")
+    validate.add_argument("overrides", nargs="*", help="dotted overrides, e.g. lora.rank=8")
+    validate.set_defaults(func=cmd_validate)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of recipe configs")
+    schema.set_defaults(func=cmd_schema)
+
+    defaults = sub.add_parser("defaults", help="print the standard's defaults table (Markdown)")
+    defaults.set_defaults(func=cmd_defaults)
+    return parser
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The recipe standard: one typed, versioned schema for every peftstd run.
+
+Every field carries a type, a default and a one-line description; the JSON
+Schema (`peftstd schema`) and the defaults table (`docs/defaults.md`) are
+generated from it. Unknown keys are rejected (`extra="forbid"`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+SCHEMA_VERSION = "1.0"
+
+from peftstd.config.section import Section
+from peftstd.methods.adalora import AdaLoraSection
+from peftstd.methods.adapter import AdapterSection
+from peftstd.methods.full import FullSection
+from peftstd.methods.lora import LoraSection
+from peftstd.tasks import TASK_METRICS
+
+MethodName = Literal["full", "lora", "adalora", "adapter"]
+TaskName = Literal["text-classification"]
+
+
+class ModelSection(Section):
+    name: str = Field("minilm", description="Registry name (e.g. 'minilm'), hub id, or local folder of a pretrained model.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `name` is a hub id.")
+    max_length: int = Field(128, ge=8, le=8192, description="Inputs are truncated to this many tokens (truncation is recorded in the manifest).")
+
+
+class SplitFractions(Section):
+    train: float = Field(0.8, gt=0, lt=1, description="Fraction of a single source used for training.")
+    validation: float = Field(0.1, gt=0, lt=1, description="Fraction used for validation (model selection, early stopping).")
+    test: float = Field(0.1, gt=0, lt=1, description="Fraction held out for the final test metrics.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitFractions":
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must sum to 1.0, got {total:g}")
+        return self
+
+
+class DataSection(Section):
+    source: str = Field("vader-movies", description="Registry name (e.g. 'vader-movies'), hub dataset id, or a local .jsonl/.csv/.parquet file.")
+    validation_source: str | None = Field(None, description="Optional separate validation file; otherwise split from `source`.")
+    test_source: str | None = Field(None, description="Optional separate test file; otherwise split from `source`.")
+    text_column: str = Field("text", description="Column holding the input text.")
+    text_pair_column: str | None = Field(None, description="Optional second text column (sentence-pair tasks).")
+    label_column: str = Field("label", description="Column holding the label (string or integer).")
+    split: SplitFractions = Field(default_factory=SplitFractions, description="Deterministic split of a single source.")
+    split_seed: int = Field(1234, description="Seed of the deterministic split (independent of the training seed).")
+    max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training examples (quick runs).")
+    bad_rows: Literal["error", "skip"] = Field("error", description="Rows with missing text or label: stop with file/line numbers, or skip and count them.")
+
+
+class TaskSection(Section):
+    type: TaskName = Field("text-classification", description="What the model learns; decides head, loss, preprocessing and metrics.")
+    labels: list[str] | None = Field(None, description="Label names in index order; inferred (sorted) from the training split when omitted.")
+
+
+class TrainingSection(Section):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training split (fractions allowed).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps; overrides `epochs`.")
+    batch_size: int = Field(32, ge=1, description="Examples per device per forward pass.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimizer step.")
+    learning_rate: float | None = Field(None, gt=0, description="Peak learning rate; the method's recommended value when omitted.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW decoupled weight decay (not applied to biases and LayerNorm).")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with linear warm-up.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule after warm-up.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables clipping.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto' picks bf16 autocast where the CPU/GPU supports it, else fp32; the choice is recorded.")
+    group_by_length: bool = Field(True, description="Batch examples of similar length together to cut padding.")
+    seed: int = Field(42, description="Seed of every RNG (python, numpy, torch, data order).")
+    log_every_steps: int = Field(10, ge=1, description="Log loss and learning rate every N optimizer steps.")
+
+
+class EvaluationSection(Section):
+    metric: str = Field("accuracy", description="Validation metric for best-checkpoint selection and early stopping (e.g. accuracy, macro_f1, loss).")
+    every_steps: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps; once per epoch when omitted.")
+    batch_size: int = Field(64, ge=1, description="Examples per evaluation batch.")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evaluations without improvement; null disables.")
+
+
+class OutputSection(Section):
+    dir: str = Field("runs", description="Folder that holds run directories.")
+    name: str | None = Field(None, description="Run directory name; '<config stem>-<timestamp>' when omitted.")
+    overwrite: bool = Field(False, description="Replace an existing run directory of the same name.")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files under `tensorboard/`.")
+
+
+class RecipeConfig(Section):
+    """A complete fine-tuning recipe."""
+
+    schema_version: str = Field(SCHEMA_VERSION, description="Version of the peftstd recipe schema this config follows.")
+    model: ModelSection = Field(default_factory=ModelSection, description="Pretrained model to start from.")
+    data: DataSection = Field(default_factory=DataSection, description="Where the examples come from and how they are split.")
+    task: TaskSection = Field(default_factory=TaskSection, description="Task, head and labels.")
+    method: MethodName = Field("lora", description="Fine-tuning method: full, lora, adalora or adapter.")
+    full: FullSection = Field(default_factory=FullSection, description="Full fine-tuning settings (used when method is full).")
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (used when method is lora).")
+    adalora: AdaLoraSection = Field(default_factory=AdaLoraSection, description="AdaLoRA settings (used when method is adalora).")
+    adapter: AdapterSection = Field(default_factory=AdapterSection, description="Bottleneck-adapter settings (used when method is adapter).")
+    training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation settings.")
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection, description="Evaluation, model selection, early stopping.")
+    output: OutputSection = Field(default_factory=OutputSection, description="Run directory settings.")
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value):
+        return str(value) if isinstance(value, (int, float)) else value  # `schema_version: 1.0` in YAML is a float
+
+    @model_validator(mode="after")
+    def _known_schema_version(self) -> "RecipeConfig":
+        if self.schema_version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+            raise ValueError(f"schema_version {self.schema_version!r} is not supported; this peftstd reads {SCHEMA_VERSION}")
+        return self
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> "RecipeConfig":
+        allowed = TASK_METRICS[self.task.type]
+        if self.evaluation.metric not in allowed:
+            raise ValueError(
+                f"evaluation.metric {self.evaluation.metric!r} is not a {self.task.type} metric; allowed: {', '.join(allowed)}"
+            )
+        return self
+
+    def method_section(self) -> Section:
+        """The settings section of the chosen method."""
+        return getattr(self, self.method)
+
+    def learning_rate(self) -> float:
+        """The configured learning rate, or the chosen method's recommended one."""
+        return self.training.learning_rate or type(self.method_section()).recommended_learning_rate

@@ -1,0 +1,69 @@
+"""Bottleneck adapters (Houlsby / Pfeiffer) through AdapterHub's `adapters` library.
+
+On disk (`adapter/`): the library's own `save_adapter` output (adapter_config.json,
+pytorch_adapter.bin) plus `head.safetensors` with the task head. Adapters cannot be
+merged into the base weights; export keeps them in the graph as real modules.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from peftstd.config.section import Section
+from peftstd.methods.base import Method
+
+ADAPTER_NAME = "peftstd"
+HEAD_FILE = "head.safetensors"
+
+
+class AdapterSection(Section):
+    recommended_learning_rate: ClassVar[float] = 1e-3
+    placement: Literal["pfeiffer", "houlsby"] = Field(
+        "pfeiffer", description="Bottleneck after the FFN only (Pfeiffer) or after both attention and FFN (Houlsby)."
+    )
+    reduction_factor: int = Field(16, ge=1, description="Hidden size divided by the bottleneck size.")
+    non_linearity: Literal["relu", "gelu", "swish", "tanh"] = Field("relu", description="Activation inside the bottleneck.")
+
+
+class BottleneckAdapter(Method):
+    name = "adapter"
+
+    def apply(self, model, cfg, task, total_steps):
+        import adapters
+
+        section = cfg.adapter
+        config_class = adapters.DoubleSeqBnConfig if section.placement == "houlsby" else adapters.SeqBnConfig
+        adapters.init(model)
+        model.add_adapter(
+            ADAPTER_NAME, config=config_class(reduction_factor=section.reduction_factor, non_linearity=section.non_linearity)
+        )
+        model.train_adapter(ADAPTER_NAME)
+        for name in task.head_modules(model):
+            model.get_submodule(name).requires_grad_(True)
+        self._head_modules = task.head_modules(model)
+        return model
+
+    def save(self, model, out_dir):
+        from safetensors.torch import save_file
+
+        model.save_adapter(str(out_dir), ADAPTER_NAME, with_head=False)
+        head = {
+            f"{module}.{key}": value.detach().contiguous()
+            for module in self._head_modules
+            for key, value in model.get_submodule(module).state_dict().items()
+        }
+        save_file(head, out_dir / HEAD_FILE)
+
+    def load(self, task, base_path, weights_dir, labels):
+        import adapters
+        from safetensors.torch import load_file
+
+        base = task.load_model(base_path, labels)
+        adapters.init(base)
+        base.load_adapter(str(weights_dir), load_as=ADAPTER_NAME, set_active=True, with_head=False)
+        missing, unexpected = base.load_state_dict(load_file(weights_dir / HEAD_FILE), strict=False)
+        if unexpected:
+            raise ValueError(f"{weights_dir / HEAD_FILE} holds weights the model lacks: {unexpected[:3]}")
+        return base

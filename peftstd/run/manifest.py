@@ -1,0 +1,100 @@
+"""Provenance of a run: enough to reproduce and audit it (Ludwig's description.json, plus hashes)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftstd import __version__
+from peftstd.config.schema import SCHEMA_VERSION
+from peftstd.data.cache import sha256_file
+from peftstd.training.precision import cpu_flags
+
+PACKAGES = (
+    "torch", "transformers", "peft", "accelerate", "adapters", "tokenizers", "safetensors",
+    "datasets", "numpy", "scikit-learn", "pydantic", "onnx", "onnxruntime", "optimum", "optimum-onnx",
+)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "peftstd": __version__}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def hardware() -> dict[str, Any]:
+    cpu_model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu_model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "isa": sorted(cpu_flags().intersection(ISA_FLAGS)),
+        "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def git_commit(where: Path) -> dict[str, Any] | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True, timeout=5)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def peak_memory_mb() -> dict[str, float]:
+    peak = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        peak["cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+def file_hashes(run_dir: Path, skip: tuple[str, ...] = ("manifest.json",)) -> dict[str, str]:
+    """sha256 of every file the run wrote outside `checkpoints/` and `tensorboard/`."""
+    hashes = {}
+    for path in sorted(run_dir.rglob("*")):
+        relative = path.relative_to(run_dir).as_posix()
+        if path.is_file() and relative not in skip and not relative.startswith(("checkpoints/", "tensorboard/")):
+            hashes[relative] = sha256_file(path)
+    return hashes
+
+
+def base_manifest() -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "peftstd_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
+        "cwd": os.getcwd(),
+        "git": git_commit(Path(__file__).resolve().parent),
+        "packages": package_versions(),
+        "hardware": hardware(),
+    }

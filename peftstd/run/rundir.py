@@ -1,0 +1,54 @@
+"""The run directory contract: `runs/<name>/` with config, manifest, metrics, weights, report.
+
+    config.yaml        fully resolved recipe (every default written out)
+    manifest.json      provenance: versions, command, seed, hardware, data and weight hashes, timings
+    metrics.json       validation history, best checkpoint, final test metrics
+    adapter/ | model/  trained weights in the method's stock format, tokenizer, labels
+    labels.json        label names in index order
+    predictions/test.jsonl   test predictions and logits of the final model (float32)
+    checkpoints/       periodic training states and the best weights
+    tensorboard/       TensorBoard event files
+    report.md, curves.png
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from peftstd.errors import ConfigError
+
+LATEST = "latest"
+
+
+def run_name(configured: str | None, config_path: str | None) -> str:
+    stem = Path(config_path).stem if config_path else "default"
+    return configured or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_run_path(path: Path, overwrite: bool) -> None:
+    """Refuse to clobber an existing run unless `output.overwrite` is set."""
+    if path.name == LATEST:
+        raise ConfigError(f"output.name {LATEST!r} is reserved for the link to the newest run")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"run directory {str(path)!r} already exists; pick another output.name or set output.overwrite=true")
+
+
+def create_run_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    for sub in ("checkpoints", "predictions"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def point_latest(path: Path) -> None:
+    """Atomically repoint `<output.dir>/latest` at `path`."""
+    link = path.parent / LATEST
+    tmp = path.parent / f".{LATEST}.tmp-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(path.name)
+    os.replace(tmp, link)

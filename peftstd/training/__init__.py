@@ -1,0 +1,1 @@
+"""Building blocks of the training recipes: precision, batching, optimisation, evaluation, selection."""

@@ -1,0 +1,30 @@
+"""Data loaders with dynamic padding and length-grouped batching.
+
+Batches pad only to their own longest example; grouping similar lengths (transformers'
+`LengthGroupedSampler`, the Trainer's `group_by_length`) removes most of the remaining padding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from peftstd.tasks.base import EncodedSplit
+
+
+def train_loader(split: EncodedSplit, collator, batch_size: int, group_by_length: bool, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    if group_by_length:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        sampler = LengthGroupedSampler(batch_size, lengths=split.lengths, generator=generator)
+    else:
+        sampler = torch.utils.data.RandomSampler(split.features, generator=generator)
+    return DataLoader(split.features, batch_size=batch_size, sampler=sampler, collate_fn=collator, drop_last=False)
+
+
+def eval_loader(split: EncodedSplit, collator, batch_size: int) -> tuple[DataLoader, list[int]]:
+    """A loader over the split sorted by length, and the order to undo the sort with."""
+    order = sorted(range(len(split)), key=split.lengths.__getitem__)
+    features = [split.features[i] for i in order]
+    return DataLoader(features, batch_size=batch_size, shuffle=False, collate_fn=collator), order

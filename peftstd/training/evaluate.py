@@ -1,0 +1,35 @@
+"""Evaluation over one split: loss, logits in the split's original order, task metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def predict(model, loader, order: list[int], accelerator, autocast: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+    """(logits, label ids, mean loss) over a loader built by `eval_loader`, across all processes."""
+    model.eval()
+    logits, labels, losses, counts = [], [], [], []
+    for batch in loader:
+        with accelerator.autocast() if autocast else torch.autocast(accelerator.device.type, enabled=False):
+            output = model(**batch)
+        batch_logits, batch_labels = accelerator.gather_for_metrics((output.logits.float(), batch["labels"]))
+        batch_loss = accelerator.gather_for_metrics(output.loss.detach().float().reshape(1).repeat(len(batch["labels"])))
+        logits.append(batch_logits.cpu())
+        labels.append(batch_labels.cpu())
+        losses.append(batch_loss.cpu())
+    model.train()
+    logits_sorted = torch.cat(logits).numpy()
+    labels_sorted = torch.cat(labels).numpy()
+    restored = np.empty_like(logits_sorted)
+    restored_labels = np.empty_like(labels_sorted)
+    restored[order] = logits_sorted
+    restored_labels[order] = labels_sorted
+    return restored, restored_labels, float(torch.cat(losses).mean())
+
+
+def evaluate(model, loader, order, accelerator, task, autocast: bool = True) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """(metrics incl. loss, logits, label ids) of one split."""
+    logits, labels, loss = predict(model, loader, order, accelerator, autocast)
+    return {**task.metrics(logits, labels), "loss": loss}, logits, labels

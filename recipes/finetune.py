@@ -1,0 +1,250 @@
+#!/usr/bin/env python
+"""Fine-tune a pretrained transformer under the peftstd standard (full, LoRA, AdaLoRA, adapter).
+
+    accelerate launch recipes/finetune.py                       # offline default: MiniLM + LoRA on VADER
+    accelerate launch recipes/finetune.py --config recipes/configs/minilm_adalora_sentiment.yaml training.epochs=2
+    accelerate launch --multi_gpu --num_processes 2 recipes/finetune.py ...   # two CPU processes over gloo
+
+Reads top to bottom: config -> data -> model and method -> training loop -> test -> run directory.
+Only rank 0 writes the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from peftstd.config import RecipeConfig, load_config  # noqa: E402
+from peftstd.errors import exit_on_user_error  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "minilm_lora_sentiment.yaml"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.epochs=2 lora.rank=8")
+    return parser.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)  # a typo fails here, in well under 2 s: torch is not imported yet
+    return finetune(cfg, args.config)
+
+
+def finetune(cfg: RecipeConfig, config_path: str) -> int:
+    """The recipe proper; its heavy imports live here so that `main` can reject bad configs fast."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list, set_seed
+    from tqdm.auto import tqdm
+
+    from peftstd.config import to_yaml
+    from peftstd.data import load_splits
+    from peftstd.methods import get_method
+    from peftstd.models import resolve_model
+    from peftstd.models.parameters import parameter_counts
+    from peftstd.models.registry import weights_sha256
+    from peftstd.run import atomic, manifest as provenance
+    from peftstd.run.banner import print_banner
+    from peftstd.run.report import plot_curves, render_report
+    from peftstd.run.rundir import check_run_path, create_run_dir, point_latest, run_name
+    from peftstd.tasks import get_task
+    from peftstd.training.batching import eval_loader, train_loader
+    from peftstd.training.evaluate import evaluate
+    from peftstd.training.distributed import check_world_size
+    from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps
+    from peftstd.training.precision import accelerate_name, resolve_precision
+    from peftstd.training.selection import Selection
+
+    started = time.time()
+
+    # --- Accelerator: device placement, mixed precision, gradient accumulation, DDP -------------
+    precision, precision_reason = resolve_precision(cfg.training.precision, torch.cuda.is_available())
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # without it, CPU-only torchrun workers each run alone instead of over gloo
+        mixed_precision=accelerate_name(precision),
+        gradient_accumulation_steps=cfg.training.gradient_accumulation_steps,
+    )
+    check_world_size(accelerator.num_processes)
+    set_seed(cfg.training.seed)
+    is_main = accelerator.is_main_process
+
+    # --- Everything a user can get wrong is checked here, before any weights load or file is written
+    base = resolve_model(cfg.model.name, cfg.model.revision)
+    splits = load_splits(cfg.data)
+    task = get_task(cfg.task.type)
+    labels = task.label_names(cfg.task.labels, splits)
+    method = get_method(cfg.method)
+    steps_per_epoch, total_steps = optimizer_steps(
+        len(splits.train), cfg.training.batch_size, accelerator.num_processes,
+        cfg.training.gradient_accumulation_steps, cfg.training.epochs, cfg.training.max_steps,
+    )
+    method.check_plan(cfg, total_steps)
+    name = broadcast_object_list([run_name(cfg.output.name, config_path)])[0]
+    run_dir = Path(cfg.output.dir) / name
+    check_run_path(run_dir, cfg.output.overwrite)
+
+    # --- Tokenize: dynamic padding later, so features keep their own lengths ---------------------
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    encoded = {split: task.encode(tokenizer, rows, labels, cfg.model.max_length) for split, rows in splits.items()}
+    collator = task.collator(tokenizer)
+
+    # --- Model, task head and fine-tuning method ----------------------------------------------------
+    model = method.apply(task.load_model(base.path, labels), cfg, task, total_steps)
+    parameters = parameter_counts(model)
+
+    # --- Optimizer, schedule, loaders ------------------------------------------------------------------
+    learning_rate = cfg.learning_rate()
+    optimizer = build_optimizer(model, learning_rate, cfg.training.weight_decay)
+    # Not passed to accelerator.prepare: its scheduler wrapper steps once per process, while
+    # total_steps above already counts optimizer steps of the whole multi-process run.
+    scheduler = build_scheduler(optimizer, cfg.training.scheduler, total_steps, cfg.training.warmup_ratio)
+    train_dl = train_loader(encoded["train"], collator, cfg.training.batch_size, cfg.training.group_by_length, cfg.training.seed)
+    val_dl, val_order = eval_loader(encoded["validation"], collator, cfg.evaluation.batch_size)
+    test_dl, test_order = eval_loader(encoded["test"], collator, cfg.evaluation.batch_size)
+    model, optimizer, train_dl, val_dl, test_dl = accelerator.prepare(model, optimizer, train_dl, val_dl, test_dl)
+    unwrapped = accelerator.unwrap_model(model)
+
+    # --- Run directory (rank 0 writes) -------------------------------------------------------------
+    writer = None
+    if is_main:
+        create_run_dir(run_dir)
+        atomic.write_text(run_dir / "config.yaml", to_yaml(cfg))
+        if cfg.output.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(run_dir / "tensorboard")
+        print_banner(cfg, base, splits, parameters, precision, accelerator.num_processes, total_steps, run_dir)
+
+    # --- Training loop ---------------------------------------------------------------------------------
+    history: dict[str, list] = {"train": [], "validation": []}
+    selection = Selection(cfg.evaluation.metric, cfg.evaluation.early_stopping_patience)
+    eval_every = cfg.evaluation.every_steps or steps_per_epoch
+    best_snapshot = None
+    step, seen, running_loss, running_batches = 0, 0, 0.0, 0
+    progress = tqdm(total=total_steps, desc="train", disable=not is_main, dynamic_ncols=True)
+    loop_started = time.time()
+    model.train()
+    while step < total_steps and not selection.should_stop:
+        for batch in train_dl:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.training.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.training.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    method.after_optimizer_step(unwrapped, step + 1)
+                    scheduler.step()
+                optimizer.zero_grad()
+            running_loss += loss.detach().float().item()
+            running_batches += 1
+            seen += len(batch["labels"]) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+
+            if step % cfg.training.log_every_steps == 0 or step == total_steps:
+                record = {"step": step, "epoch": step / steps_per_epoch, "loss": running_loss / running_batches,
+                          "learning_rate": scheduler.get_last_lr()[0]}
+                history["train"].append(record)
+                running_loss, running_batches = 0.0, 0
+                throughput = seen / (time.time() - loop_started)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}", samples_s=f"{throughput:.0f}")
+                if writer:
+                    writer.add_scalar("train/loss", record["loss"], step)
+                    writer.add_scalar("train/learning_rate", record["learning_rate"], step)
+
+            if step % eval_every == 0 or step == total_steps:
+                metrics, _, _ = evaluate(model, val_dl, val_order, accelerator, task)
+                history["validation"].append({"step": step, "epoch": step / steps_per_epoch, **metrics})
+                improved = selection.update(metrics, step)
+                if improved:
+                    best_snapshot = method.snapshot(unwrapped)
+                    if is_main:
+                        atomic.replace_dir(run_dir / "checkpoints" / "best", lambda d: method.save(unwrapped, d))
+                if is_main:
+                    progress.write(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                                   + (" (best)" if improved else ""))
+                    if writer:
+                        for key, value in metrics.items():
+                            writer.add_scalar(f"validation/{key}", value, step)
+            if step >= total_steps or selection.should_stop:
+                break
+    progress.close()
+    train_seconds = time.time() - loop_started
+
+    # --- Final model: best checkpoint, evaluated on the test split in float32 ------------------------
+    method.restore(unwrapped, best_snapshot)
+    test_metrics, test_logits, test_labels = evaluate(model, test_dl, test_order, accelerator, task, autocast=False)
+
+    # --- Run directory: weights, metrics, predictions, report, manifest ------------------------------
+    if is_main:
+        weights_dir = run_dir / method.weights_dir
+        atomic.replace_dir(weights_dir, lambda d: (method.save(unwrapped, d), tokenizer.save_pretrained(d)))
+        atomic.write_json(run_dir / "labels.json", labels)
+        metrics_doc = {
+            "task": task.name,
+            "history": history,
+            "best": {"metric": selection.metric, "value": selection.best, "step": selection.best_step},
+            "test": test_metrics,
+        }
+        atomic.write_json(run_dir / "metrics.json", metrics_doc)
+        predictions = [
+            {"origin": row.origin, "text": row.text, "text_pair": row.text_pair, "label": row.label,
+             "prediction": labels[int(logits.argmax())], "logits": logits.tolist()}
+            for row, logits in zip(splits.test, test_logits)
+        ]
+        atomic.write_text(run_dir / "predictions" / "test.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
+        plot_curves(history, selection.metric, run_dir / "curves.png")
+        manifest = {
+            **provenance.base_manifest(),
+            "run_name": name,
+            "seed": cfg.training.seed,
+            "base_model": {"name": base.name, "source": base.source, "path": str(base.path), "weights_sha256": weights_sha256(base.path)},
+            "method": {"name": method.name, "weights_dir": method.weights_dir, **method.run_summary(unwrapped)},
+            "task": {"type": task.name, "labels": labels},
+            "data": {
+                "sources": splits.sources,
+                "sizes": {split: len(rows) for split, rows in splits.items()},
+                "sha256": splits.sha256(),
+                "skipped_rows": splits.skipped_rows,
+                "truncated": {split: enc.truncated for split, enc in encoded.items()},
+                "max_length": cfg.model.max_length,
+            },
+            "parameters": parameters,
+            "training": {
+                "precision": precision, "precision_reason": precision_reason, "world_size": accelerator.num_processes,
+                "device": str(accelerator.device), "learning_rate": learning_rate, "optimizer_steps": step,
+                "planned_steps": total_steps, "steps_per_epoch": steps_per_epoch, "stopped_early": selection.should_stop,
+                "train_seconds": train_seconds, "train_samples_per_second": seen / train_seconds,
+            },
+            "wall_time_s": time.time() - started,
+            "peak_memory": provenance.peak_memory_mb(),
+        }
+        atomic.write_text(run_dir / "report.md", render_report(name, manifest, metrics_doc, task.report(test_logits, test_labels, labels)))
+        manifest["files"] = provenance.file_hashes(run_dir)
+        atomic.write_json(run_dir / "manifest.json", manifest)
+        point_latest(run_dir)
+        if writer:
+            writer.close()
+        print(f"test: " + ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
+        print(f"run directory: {run_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny random BERT and a small synthetic sentiment dataset, both written by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "finetune.py"
+
+POSITIVE = ["great", "wonderful", "fun", "moving", "brilliant", "charming", "superb", "delightful"]
+NEGATIVE = ["awful", "boring", "dull", "terrible", "bland", "tedious", "clumsy", "painful"]
+FILLER = ["the", "movie", "film", "was", "plot", "acting", "and", "a", "story", "really", "very", "quite"]
+
+
+def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
+    """Sentences whose sentiment word decides the label; lengths vary from 3 to 20 tokens."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 19))]
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label == "positive" else NEGATIVE))
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide random BERT with a word-level vocabulary covering the synthetic data."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(POSITIVE + NEGATIVE + FILLER))]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sentiment_file(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "sentiment.jsonl", synthetic_rows(240))
+
+
+def tiny_overrides(model: Path, data: Path, out: Path, name: str, *extra: str) -> list[str]:
+    return [
+        f"model.name={model}", f"data.source={data}", f"output.dir={out}", f"output.name={name}",
+        "model.max_length=32", "training.batch_size=16", "evaluation.batch_size=16",
+        "training.precision=fp32", "evaluation.every_steps=4", "training.max_steps=8", *extra,
+    ]
+
+
+def run_recipe(args: list[str], launcher: list[str] | None = None, timeout: int = 300, cwd: Path | None = None):
+    """Run the fine-tune recipe in a fresh process, as a user would."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    command = (launcher or [sys.executable]) + [str(RECIPE), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd or REPO)

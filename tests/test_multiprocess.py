@@ -1,0 +1,33 @@
+"""Two real CPU processes over gloo: both ranks train, only rank 0 writes the run directory.
+
+`accelerate launch --cpu --num_processes 2` silently runs ONE process; `--multi_gpu` without a GPU
+gives two gloo ranks, so that is what the README documents and what this test checks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from conftest import run_recipe, tiny_overrides
+
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+TWO_CPU_PROCESSES = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                     "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def test_two_cpu_processes_train_as_two_ranks_and_only_rank0_writes(tiny_model, sentiment_file, tmp_path):
+    result = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "ddp"), launcher=TWO_CPU_PROCESSES)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "ddp"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["training"]["world_size"] == 2
+    # 192 training rows, batch 16 per rank x 2 ranks -> 6 optimizer steps per epoch
+    assert manifest["training"]["steps_per_epoch"] == 6
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file() and "tensorboard" not in p.parts)
+    assert all(path.startswith("ddp/") for path in written)
+    assert sum(1 for p in (run / "tensorboard").iterdir()) == 1, "more than one process wrote TensorBoard events"
+    assert result.stderr.count("run directory") <= 1 and result.stdout.count("run directory:") == 1
+    test_rows = (run / "predictions" / "test.jsonl").read_text().splitlines()
+    assert len(test_rows) == manifest["data"]["sizes"]["test"]  # gathered once, no duplicated padding rows
