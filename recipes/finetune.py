@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from peftstd.config import RecipeConfig, load_config  # noqa: E402
-from peftstd.errors import exit_on_user_error  # noqa: E402
+from peftstd.errors import ConfigError, exit_on_user_error  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "minilm_lora_sentiment.yaml"
 
@@ -28,18 +28,26 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "minilm_lora_sent
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipe YAML (default: %(default)s)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an unfinished run from its last complete checkpoint")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.epochs=2 lora.rank=8")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.resume:  # the run's own resolved config, pointed back at the run directory
+        run = Path(args.resume)
+        if not (run / "config.yaml").is_file():
+            raise ConfigError(f"--resume: {str(run)!r} is not a run directory (no config.yaml)")
+        args.config = str(run / "config.yaml")
+        args.overrides = [*args.overrides, f"output.dir={run.parent}", f"output.name={run.name}"]
+    return args
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)  # a typo fails here, in well under 2 s: torch is not imported yet
-    return finetune(cfg, args.config)
+    return finetune(cfg, args.config, resume_requested=bool(args.resume))
 
 
-def finetune(cfg: RecipeConfig, config_path: str) -> int:
+def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False) -> int:
     """The recipe proper; its heavy imports live here so that `main` can reject bad configs fast."""
     import torch
     from accelerate import Accelerator
@@ -54,8 +62,9 @@ def finetune(cfg: RecipeConfig, config_path: str) -> int:
     from peftstd.models.registry import weights_sha256
     from peftstd.run import atomic, manifest as provenance
     from peftstd.run.banner import print_banner
+    from peftstd.run.checkpoints import Checkpoints, TrainerState, checkpoint_due_by_time
     from peftstd.run.report import plot_curves, render_report
-    from peftstd.run.rundir import check_run_path, create_run_dir, point_latest, run_name
+    from peftstd.run.rundir import check_run_path, create_run_dir, is_resumable, point_latest, run_name
     from peftstd.tasks import get_task
     from peftstd.training.batching import eval_loader, train_loader
     from peftstd.training.evaluate import evaluate
@@ -90,7 +99,9 @@ def finetune(cfg: RecipeConfig, config_path: str) -> int:
     method.check_plan(cfg, total_steps)
     name = broadcast_object_list([run_name(cfg.output.name, config_path)])[0]
     run_dir = Path(cfg.output.dir) / name
-    check_run_path(run_dir, cfg.output.overwrite)
+    resuming = is_resumable(run_dir, to_yaml(cfg), cfg.output.overwrite, resume_requested)  # same command again = resume
+    if not resuming:
+        check_run_path(run_dir, cfg.output.overwrite)
 
     # --- Tokenize: dynamic padding later, so features keep their own lengths ---------------------
     from transformers import AutoTokenizer
@@ -109,34 +120,43 @@ def finetune(cfg: RecipeConfig, config_path: str) -> int:
     # Not passed to accelerator.prepare: its scheduler wrapper steps once per process, while
     # total_steps above already counts optimizer steps of the whole multi-process run.
     scheduler = build_scheduler(optimizer, cfg.training.scheduler, total_steps, cfg.training.warmup_ratio)
-    train_dl = train_loader(encoded["train"], collator, cfg.training.batch_size, cfg.training.group_by_length, cfg.training.seed)
+    train_dl, epoch_generator = train_loader(encoded["train"], collator, cfg.training.batch_size, cfg.training.group_by_length)
     val_dl, val_order = eval_loader(encoded["validation"], collator, cfg.evaluation.batch_size)
     test_dl, test_order = eval_loader(encoded["test"], collator, cfg.evaluation.batch_size)
     model, optimizer, train_dl, val_dl, test_dl = accelerator.prepare(model, optimizer, train_dl, val_dl, test_dl)
     unwrapped = accelerator.unwrap_model(model)
 
-    # --- Run directory (rank 0 writes) -------------------------------------------------------------
+    # --- Run directory (rank 0 writes), or the checkpoint to resume from --------------------------
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.output.keep_last_checkpoints, accelerator)
+    state, best_snapshot = TrainerState(), None
+    if resume_from := (checkpoints.latest_valid() if resuming else None):
+        state, best_snapshot = checkpoints.load(resume_from, unwrapped, optimizer, scheduler, method)
+        accelerator.step = state.accumulation_counter
+    selection = Selection(cfg.evaluation.metric, cfg.evaluation.early_stopping_patience, **state.selection)
     writer = None
     if is_main:
-        create_run_dir(run_dir)
-        atomic.write_text(run_dir / "config.yaml", to_yaml(cfg))
+        if not resuming:
+            create_run_dir(run_dir)
+            atomic.write_text(run_dir / "config.yaml", to_yaml(cfg))
         if cfg.output.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(run_dir / "tensorboard")
+            writer = SummaryWriter(run_dir / "tensorboard", purge_step=state.step + 1 if resume_from else None)
         print_banner(cfg, base, splits, parameters, precision, accelerator.num_processes, total_steps, run_dir)
+        if resume_from:
+            print(f"resuming from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batches_in_epoch})", file=sys.stderr)
 
     # --- Training loop ---------------------------------------------------------------------------------
-    history: dict[str, list] = {"train": [], "validation": []}
-    selection = Selection(cfg.evaluation.metric, cfg.evaluation.early_stopping_patience)
     eval_every = cfg.evaluation.every_steps or steps_per_epoch
-    best_snapshot = None
-    step, seen, running_loss, running_batches = 0, 0, 0.0, 0
-    progress = tqdm(total=total_steps, desc="train", disable=not is_main, dynamic_ncols=True)
-    loop_started = time.time()
+    checkpoint_every = cfg.output.checkpoint_every_steps or eval_every
+    last_checkpoint_time = time.time()
+    progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not is_main, dynamic_ncols=True)
+    session_started, session_start_seconds = time.time(), state.train_seconds
     model.train()
-    while step < total_steps and not selection.should_stop:
-        for batch in train_dl:
+    while state.step < total_steps and not selection.should_stop:
+        epoch_generator.manual_seed(cfg.training.seed + state.epoch)  # data order depends on (seed, epoch) only
+        batches = accelerator.skip_first_batches(train_dl, state.batches_in_epoch) if state.batches_in_epoch else train_dl
+        for batch in batches:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -144,31 +164,34 @@ def finetune(cfg: RecipeConfig, config_path: str) -> int:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.training.max_grad_norm)
                 optimizer.step()
                 if accelerator.sync_gradients:
-                    method.after_optimizer_step(unwrapped, step + 1)
+                    method.after_optimizer_step(unwrapped, state.step + 1)
                     scheduler.step()
                 optimizer.zero_grad()
-            running_loss += loss.detach().float().item()
-            running_batches += 1
-            seen += len(batch["labels"]) * accelerator.num_processes
+            state.batches_in_epoch += 1
+            state.running_loss += loss.detach().float().item()
+            state.running_batches += 1
+            state.seen += len(batch["labels"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
-            step += 1
+            state.step += 1
+            step = state.step
+            state.train_seconds = session_start_seconds + time.time() - session_started
             progress.update(1)
 
             if step % cfg.training.log_every_steps == 0 or step == total_steps:
-                record = {"step": step, "epoch": step / steps_per_epoch, "loss": running_loss / running_batches,
+                record = {"step": step, "epoch": step / steps_per_epoch, "loss": state.running_loss / state.running_batches,
                           "learning_rate": scheduler.get_last_lr()[0]}
-                history["train"].append(record)
-                running_loss, running_batches = 0.0, 0
-                throughput = seen / (time.time() - loop_started)
-                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}", samples_s=f"{throughput:.0f}")
+                state.history["train"].append(record)
+                state.running_loss, state.running_batches = 0.0, 0
+                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['learning_rate']:.2e}",
+                                     samples_s=f"{state.seen / state.train_seconds:.0f}")
                 if writer:
                     writer.add_scalar("train/loss", record["loss"], step)
                     writer.add_scalar("train/learning_rate", record["learning_rate"], step)
 
             if step % eval_every == 0 or step == total_steps:
                 metrics, _, _ = evaluate(model, val_dl, val_order, accelerator, task)
-                history["validation"].append({"step": step, "epoch": step / steps_per_epoch, **metrics})
+                state.history["validation"].append({"step": step, "epoch": step / steps_per_epoch, **metrics})
                 improved = selection.update(metrics, step)
                 if improved:
                     best_snapshot = method.snapshot(unwrapped)
@@ -180,10 +203,18 @@ def finetune(cfg: RecipeConfig, config_path: str) -> int:
                     if writer:
                         for key, value in metrics.items():
                             writer.add_scalar(f"validation/{key}", value, step)
+
+            minutes_due = checkpoint_due_by_time(cfg.output.checkpoint_every_minutes, last_checkpoint_time, accelerator)
+            if (step % checkpoint_every == 0 or minutes_due) and step < total_steps:
+                state.selection, state.accumulation_counter = selection.state(), accelerator.step
+                checkpoints.save(state, unwrapped, optimizer, scheduler, method, best_snapshot)
+                last_checkpoint_time = time.time()
             if step >= total_steps or selection.should_stop:
                 break
+        else:
+            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
     progress.close()
-    train_seconds = time.time() - loop_started
+    history, train_seconds = state.history, state.train_seconds
 
     # --- Final model: best checkpoint, evaluated on the test split in float32 ------------------------
     method.restore(unwrapped, best_snapshot)
@@ -226,9 +257,10 @@ def finetune(cfg: RecipeConfig, config_path: str) -> int:
             "parameters": parameters,
             "training": {
                 "precision": precision, "precision_reason": precision_reason, "world_size": accelerator.num_processes,
-                "device": str(accelerator.device), "learning_rate": learning_rate, "optimizer_steps": step,
+                "device": str(accelerator.device), "learning_rate": learning_rate, "optimizer_steps": state.step,
                 "planned_steps": total_steps, "steps_per_epoch": steps_per_epoch, "stopped_early": selection.should_stop,
-                "train_seconds": train_seconds, "train_samples_per_second": seen / train_seconds,
+                "train_seconds": train_seconds, "train_samples_per_second": state.seen / train_seconds,
+                "resumed": bool(resume_from),
             },
             "wall_time_s": time.time() - started,
             "peak_memory": provenance.peak_memory_mb(),

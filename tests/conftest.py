@@ -69,8 +69,13 @@ def tiny_overrides(model: Path, data: Path, out: Path, name: str, *extra: str) -
     ]
 
 
+RECIPE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+
+
+def recipe_command(args: list[str], launcher: list[str] | None = None) -> list[str]:
+    return (launcher or [sys.executable]) + [str(RECIPE), *args]
+
+
 def run_recipe(args: list[str], launcher: list[str] | None = None, timeout: int = 300, cwd: Path | None = None):
     """Run the fine-tune recipe in a fresh process, as a user would."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-    command = (launcher or [sys.executable]) + [str(RECIPE), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd or REPO)
+    return subprocess.run(recipe_command(args, launcher), capture_output=True, text=True, timeout=timeout, env=RECIPE_ENV, cwd=cwd or REPO)

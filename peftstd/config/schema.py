@@ -88,6 +88,9 @@ class OutputSection(Section):
     dir: str = Field("runs", description="Folder that holds run directories.")
     name: str | None = Field(None, description="Run directory name; '<config stem>-<timestamp>' when omitted.")
     overwrite: bool = Field(False, description="Replace an existing run directory of the same name.")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="Save a resumable training state every N optimizer steps; at every evaluation when omitted.")
+    checkpoint_every_minutes: float | None = Field(None, gt=0, description="Also save one when this many minutes passed since the last.")
+    keep_last_checkpoints: int = Field(2, ge=1, description="Resumable training states kept on disk (older ones are deleted).")
     tensorboard: bool = Field(True, description="Write TensorBoard event files under `tensorboard/`.")
 
 

@@ -88,6 +88,18 @@ class AdaLora(PeftMethod):
         super().restore(model, snapshot)
         model.peft_config[model.active_adapter].rank_pattern = copy.deepcopy(snapshot["rank_pattern"])
 
+    def state_dict(self, model):
+        allocator = model.base_model.rankallocator
+        return {
+            "ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt, "exp_avg_unc": allocator.exp_avg_unc,
+            "rank_pattern": model.peft_config[model.active_adapter].rank_pattern,
+        }
+
+    def load_state_dict(self, model, state):
+        allocator = model.base_model.rankallocator
+        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
+        model.peft_config[model.active_adapter].rank_pattern = state["rank_pattern"]
+
     def run_summary(self, model):
         config = model.peft_config[model.active_adapter]
         pattern = config.rank_pattern or {}

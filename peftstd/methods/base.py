@@ -45,6 +45,13 @@ class Method:
             for name, value in snapshot["weights"].items():
                 parameters[name].copy_(value)
 
+    def state_dict(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Method state outside the parameters and optimizer, saved in training checkpoints."""
+        return {}
+
+    def load_state_dict(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned, when resuming."""
+
     def save(self, model: torch.nn.Module, out_dir: Path) -> None:
         """Write the trained weights in the method's documented on-disk format."""
         raise NotImplementedError

@@ -36,6 +36,22 @@ def check_run_path(path: Path, overwrite: bool) -> None:
         raise ConfigError(f"run directory {str(path)!r} already exists; pick another output.name or set output.overwrite=true")
 
 
+def is_resumable(path: Path, resolved_config: str, overwrite: bool, requested: bool) -> bool:
+    """True when `path` holds an unfinished run with a checkpoint, started with this same config."""
+    unfinished = path.is_dir() and not (path / "manifest.json").exists() and any((path / "checkpoints").glob("step-*"))
+    if requested and not unfinished:
+        raise ConfigError(f"--resume: {str(path)!r} holds no unfinished run with a checkpoint")
+    if not unfinished or (overwrite and not requested):
+        return False
+    recorded = (path / "config.yaml").read_text(encoding="utf-8") if (path / "config.yaml").is_file() else None
+    if recorded != resolved_config:
+        raise ConfigError(
+            f"run directory {str(path)!r} holds an unfinished run with another config; resume it with "
+            f"--resume {path}, or pick another output.name, or set output.overwrite=true"
+        )
+    return True
+
+
 def create_run_dir(path: Path) -> Path:
     if path.exists():
         shutil.rmtree(path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from peftstd.tasks import LOWER_IS_BETTER
 
@@ -28,3 +28,7 @@ class Selection:
     @property
     def should_stop(self) -> bool:
         return self.patience is not None and self.evaluations_without_improvement >= self.patience
+
+    def state(self) -> dict:
+        """The progress to save in a checkpoint (the settings come from the config)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("metric", "patience")}
