@@ -33,6 +33,20 @@ def cmd_defaults(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peftstd.run.check import check_path
+
+    findings = check_path(Path(args.path))
+    for finding in findings:
+        mark = "ok  " if finding.ok else "FAIL"
+        print(f"{mark} {finding.check}" + (f": {finding.detail}" if finding.detail else ""))
+    failed = [f for f in findings if not f.ok]
+    print(f"{len(findings) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftstd", description="A standard process for fine-tuning and shipping NLP transformers.")
     parser.add_argument("--version", action="version", version=f"peftstd {__version__}")
@@ -45,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the JSON Schema of recipe configs")
     schema.set_defaults(func=cmd_schema)
+
+    check = sub.add_parser("check", help="verify a run directory: files, sha256s, config, loadable weights")
+    check.add_argument("path", help="run directory")
+    check.set_defaults(func=cmd_check)
 
     defaults = sub.add_parser("defaults", help="print the standard's defaults table (Markdown)")
     defaults.set_defaults(func=cmd_defaults)

@@ -53,13 +53,14 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
     from tqdm.auto import tqdm
+    from transformers import AutoConfig, AutoTokenizer
 
     from peftstd.config import to_yaml
     from peftstd.data import load_splits
     from peftstd.methods import get_method
     from peftstd.models import resolve_model
     from peftstd.models.parameters import parameter_counts
-    from peftstd.models.registry import weights_sha256
+    from peftstd.models.registry import check_max_length, weights_sha256
     from peftstd.run import atomic, manifest as provenance
     from peftstd.run.banner import print_banner
     from peftstd.run.checkpoints import Checkpoints, TrainerState, checkpoint_due_by_time
@@ -88,10 +89,13 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
 
     # --- Everything a user can get wrong is checked here, before any weights load or file is written
     base = resolve_model(cfg.model.name, cfg.model.revision)
+    model_config = AutoConfig.from_pretrained(base.path)
+    check_max_length(cfg.model.max_length, model_config)
     splits = load_splits(cfg.data)
     task = get_task(cfg.task.type)
     labels = task.label_names(cfg.task.labels, splits)
     method = get_method(cfg.method)
+    method.check_architecture(model_config.model_type)
     steps_per_epoch, total_steps = optimizer_steps(
         len(splits.train), cfg.training.batch_size, accelerator.num_processes,
         cfg.training.gradient_accumulation_steps, cfg.training.epochs, cfg.training.max_steps,
@@ -104,8 +108,6 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
         check_run_path(run_dir, cfg.output.overwrite)
 
     # --- Tokenize: dynamic padding later, so features keep their own lengths ---------------------
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     encoded = {split: task.encode(tokenizer, rows, labels, cfg.model.max_length) for split, rows in splits.items()}
     collator = task.collator(tokenizer)

@@ -72,4 +72,4 @@ def test_schema_prints_the_json_schema():
 def test_docs_defaults_table_is_generated_from_the_schema():
     generated = peftstd("defaults").stdout
     assert (REPO / "docs" / "defaults.md").read_text() == generated, "run: peftstd defaults > docs/defaults.md"
-    assert "| `lora` | 0.001 |" in generated and "| `full` | 5e-05 |" in generated
+    assert "| `lora` | 0.0005 |" in generated and "| `full` | 5e-05 |" in generated

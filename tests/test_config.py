@@ -20,7 +20,7 @@ def error_of(overrides: list[str], path=None) -> str:
 def test_defaults_validate_and_resolve_the_method_learning_rate():
     cfg = load_config(None)
     assert cfg.schema_version == SCHEMA_VERSION
-    assert cfg.method == "lora" and cfg.learning_rate() == 1e-3
+    assert cfg.method == "lora" and cfg.learning_rate() == 5e-4
     assert load_config(None, ["method=full"]).learning_rate() == 5e-5
     assert load_config(None, ["method=full", "training.learning_rate=2e-5"]).learning_rate() == 2e-5
 

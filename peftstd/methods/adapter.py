@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from peftstd.config.section import Section
+from peftstd.errors import ConfigError
 from peftstd.methods.base import Method
 
 ADAPTER_NAME = "peftstd"
@@ -19,7 +20,7 @@ HEAD_FILE = "head.safetensors"
 
 
 class AdapterSection(Section):
-    recommended_learning_rate: ClassVar[float] = 1e-3
+    recommended_learning_rate: ClassVar[float] = 5e-4
     placement: Literal["pfeiffer", "houlsby"] = Field(
         "pfeiffer", description="Bottleneck after the FFN only (Pfeiffer) or after both attention and FFN (Houlsby)."
     )
@@ -29,6 +30,17 @@ class AdapterSection(Section):
 
 class BottleneckAdapter(Method):
     name = "adapter"
+
+    def check_architecture(self, model_type):
+        import importlib.util
+
+        from adapters.wrappers.model import get_adapter_interface, get_module_name
+
+        module = get_module_name(model_type)
+        if get_adapter_interface(model_type) is None and importlib.util.find_spec(f"adapters.models.{module}") is None:
+            raise ConfigError(
+                f"method 'adapter' does not support {model_type!r} models (AdapterHub adapters); use lora or full instead"
+            )
 
     def apply(self, model, cfg, task, total_steps):
         import adapters

@@ -22,6 +22,9 @@ class Method:
     name: ClassVar[str]
     weights_dir: ClassVar[str] = "adapter"  # folder of the run directory that holds the trained weights
 
+    def check_architecture(self, model_type: str) -> None:
+        """Raise `ConfigError` when the method cannot wrap this architecture (checked before weights load)."""
+
     def check_plan(self, cfg: RecipeConfig, total_steps: int) -> None:
         """Raise `ConfigError` when the method cannot work with this many optimizer steps."""
 

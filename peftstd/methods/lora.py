@@ -11,7 +11,7 @@ from peftstd.methods.base import Method
 
 
 class LoraSection(Section):
-    recommended_learning_rate: ClassVar[float] = 1e-3
+    recommended_learning_rate: ClassVar[float] = 5e-4
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank r; higher adds capacity and memory.")
     alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (updates are scaled by alpha / rank).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")

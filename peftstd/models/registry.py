@@ -78,3 +78,10 @@ def weights_sha256(path: Path) -> dict[str, str]:
     from peftstd.data.cache import sha256_file
 
     return {p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.suffix in WEIGHT_SUFFIXES}
+
+
+def check_max_length(max_length: int, model_config) -> None:
+    """Refuse `model.max_length` beyond the model's position embeddings (it would crash mid-run)."""
+    limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    if limit and max_length > limit:
+        raise ConfigError(f"model.max_length={max_length} exceeds the model's maximum of {limit} positions; set model.max_length <= {limit}")

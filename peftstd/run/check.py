@@ -1,0 +1,94 @@
+"""`peftstd check PATH`: verify a run directory from its own files, in seconds.
+
+Every required file present; every sha256 recorded in the manifest matches; the config validates
+against the schema version it records; the trained weights load with the stock libraries.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from peftstd.data.cache import sha256_file
+
+RUN_FILES = ("config.yaml", "manifest.json", "metrics.json", "labels.json", "report.md", "predictions/test.jsonl")
+
+
+@dataclass
+class Finding:
+    check: str
+    ok: bool
+    detail: str = ""
+
+
+def check_path(path: Path) -> list[Finding]:
+    if (path / "manifest.json").is_file():
+        return check_run(path)
+    return [Finding("kind", False, f"{path} is not a finished run directory (no manifest.json)")]
+
+
+def check_run(run: Path) -> list[Finding]:
+    findings = [Finding(f"file {name}", (run / name).is_file(), "missing" if not (run / name).is_file() else "")
+                for name in RUN_FILES]
+    manifest = json.loads((run / "manifest.json").read_text())
+    weights_dir = manifest.get("method", {}).get("weights_dir", "adapter")
+    findings.append(Finding(f"folder {weights_dir}/", (run / weights_dir).is_dir(), "" if (run / weights_dir).is_dir() else "missing"))
+    findings.extend(check_hashes(run, manifest.get("files", {})))
+    findings.append(attempt("config validates against its schema", lambda: check_config(run, manifest)))
+    findings.append(attempt(f"{weights_dir}/ loads with stock libraries", lambda: load_stock(run, manifest)))
+    return findings
+
+
+def check_hashes(root: Path, recorded: dict[str, str]) -> list[Finding]:
+    if not recorded:
+        return [Finding("sha256 of files", False, "the manifest records no file hashes")]
+    bad = []
+    for name, expected in recorded.items():
+        file = root / name
+        if not file.is_file():
+            bad.append(f"{name} (missing)")
+        elif sha256_file(file) != expected:
+            bad.append(f"{name} (changed)")
+    return [Finding(f"sha256 of {len(recorded)} recorded files", not bad, ", ".join(bad))]
+
+
+def check_config(run: Path, manifest: dict) -> str:
+    from peftstd.config import load_config
+
+    cfg = load_config(run / "config.yaml")
+    if cfg.schema_version != manifest["schema_version"]:
+        raise ValueError(f"config says schema {cfg.schema_version}, manifest {manifest['schema_version']}")
+    return f"schema {cfg.schema_version}"
+
+
+def load_stock(run: Path, manifest: dict) -> str:
+    """Load the weights the way a user without peftstd would (peft / transformers / adapters)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # the base model's fresh head is expected; the adapter replaces it
+    labels = json.loads((run / "labels.json").read_text())
+    method = manifest["method"]["name"]
+    if method == "full":
+        AutoModelForSequenceClassification.from_pretrained(run / "model")
+        return "transformers"
+    base = AutoModelForSequenceClassification.from_pretrained(manifest["base_model"]["path"], num_labels=len(labels))
+    if method == "adapter":
+        import adapters
+
+        adapters.init(base)
+        base.load_adapter(str(run / "adapter"), set_active=True, with_head=False)
+        return "adapters"
+    from peft import PeftModel
+
+    PeftModel.from_pretrained(base, run / "adapter")
+    return "peft"
+
+
+def attempt(check: str, action: Callable[[], str]) -> Finding:
+    try:
+        return Finding(check, True, action())
+    except Exception as error:  # any failure to load or validate is a finding, not a crash
+        return Finding(check, False, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
