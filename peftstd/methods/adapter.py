@@ -32,12 +32,16 @@ class BottleneckAdapter(Method):
     name = "adapter"
 
     def check_architecture(self, model_type):
-        import importlib.util
+        import importlib
 
         from adapters.wrappers.model import get_adapter_interface, get_module_name
 
+        if get_adapter_interface(model_type) is not None:
+            return
         module = get_module_name(model_type)
-        if get_adapter_interface(model_type) is None and importlib.util.find_spec(f"adapters.models.{module}") is None:
+        try:  # the same probe `adapters.init` uses
+            importlib.import_module(f".{module}.modeling_{module}", "adapters.models")
+        except ImportError:
             raise ConfigError(
                 f"method 'adapter' does not support {model_type!r} models (AdapterHub adapters); use lora or full instead"
             )

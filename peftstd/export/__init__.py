@@ -1,0 +1,1 @@
+"""Export: merge -> structured prune -> ONNX -> quantize -> verify, gated by parity on held-out data."""

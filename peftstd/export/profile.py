@@ -1,0 +1,46 @@
+"""Export settings: a YAML profile (see the top-level `export/` folder) with command-line overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from peftstd.config.load import describe
+from peftstd.config.section import Section
+from peftstd.errors import ConfigError
+
+
+class ExportProfile(Section):
+    target: Literal["cpu", "gpu"] = Field("cpu", description="Where the artifact will run; decides the quantization scheme.")
+    format: Literal["onnx", "tensorrt"] = Field("onnx", description="Artifact format; tensorrt needs the tensorrt package and an NVIDIA GPU.")
+    int8: bool = Field(False, description="Also produce int8 artifacts (CPU: dynamic and static; GPU: static QDQ for TensorRT).")
+    fp16: bool = Field(False, description="Also produce an fp16 ONNX artifact (GPU targets).")
+    prune: float = Field(0.0, ge=0.0, lt=0.9, description="Share of encoder FLOPs to remove by structured head/neuron pruning (0 disables).")
+    budget: float = Field(1.0, ge=0.0, description="Largest allowed drop of the task metric, in points (1.0 = one accuracy point).")
+    parity_tolerance: float = Field(1e-4, gt=0, description="Largest allowed max-abs logit difference of the fp32 ONNX artifact.")
+    calibration_samples: int = Field(256, ge=8, description="Training examples used for static-int8 calibration and pruning importance.")
+    per_channel: bool = Field(True, description="Per-channel weight scales for int8 (usually more accurate at no speed cost).")
+    optimize_graph: bool = Field(True, description="Apply ONNX Runtime's transformer fusions (attention, LayerNorm, GELU) where they match.")
+    batch_size: int = Field(32, ge=1, description="Batch size of the verification passes.")
+
+
+def load_profile(path: str | None, overrides: dict) -> ExportProfile:
+    raw: dict = {}
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"export profile {path!r} does not exist")
+        try:
+            raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            raise ConfigError(f"export profile {path!r} is not valid YAML") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"export profile {path!r} must hold a mapping of settings")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ExportProfile.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"export profile: {describe(error)}") from None
