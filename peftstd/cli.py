@@ -47,6 +47,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peftstd.export.pipeline import export_run
+    from peftstd.export.profile import load_profile
+
+    overrides = {"int8": args.int8 or None, "fp16": args.fp16 or None, "prune": args.prune, "target": args.target,
+                 "format": args.format, "budget": args.budget}
+    profile = load_profile(args.profile, overrides)
+    run = Path(args.run)
+    return export_run(run, Path(args.out) if args.out else run / "export", profile)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peftstd.export.predict import predict
+
+    for row in predict(Path(args.export_dir), args.texts, args.artifact):
+        print(f"{row['label']}\t{row['probability']:.4f}\t{row['text']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftstd", description="A standard process for fine-tuning and shipping NLP transformers.")
     parser.add_argument("--version", action="version", version=f"peftstd {__version__}")
@@ -63,6 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="verify a run directory: files, sha256s, config, loadable weights")
     check.add_argument("path", help="run directory")
     check.set_defaults(func=cmd_check)
+
+    export = sub.add_parser("export", help="merge, prune, convert to ONNX, quantize, and verify a finished run")
+    export.add_argument("run", help="finished run directory")
+    export.add_argument("--profile", help="export profile YAML (see export/*.yaml); flags below override it")
+    export.add_argument("--int8", action="store_true", help="also produce int8 artifacts")
+    export.add_argument("--fp16", action="store_true", help="also produce an fp16 artifact (GPU targets)")
+    export.add_argument("--prune", type=float, help="share of encoder FLOPs to remove by structured pruning (e.g. 0.4)")
+    export.add_argument("--target", choices=["cpu", "gpu"], help="where the artifact will run (default cpu)")
+    export.add_argument("--format", choices=["onnx", "tensorrt"], help="artifact format (default onnx)")
+    export.add_argument("--budget", type=float, help="largest allowed metric drop in points (default 1.0)")
+    export.add_argument("--out", help="export folder (default RUN/export)")
+    export.set_defaults(func=cmd_export)
+
+    predict = sub.add_parser("predict", help="run an exported artifact on some texts")
+    predict.add_argument("export_dir", help="export folder")
+    predict.add_argument("texts", nargs="+", help="texts to classify")
+    predict.add_argument("--artifact", default="model.onnx", help="artifact file in the folder (default %(default)s)")
+    predict.set_defaults(func=cmd_predict)
 
     defaults = sub.add_parser("defaults", help="print the standard's defaults table (Markdown)")
     defaults.set_defaults(func=cmd_defaults)

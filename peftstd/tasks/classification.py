@@ -16,6 +16,7 @@ class TextClassification(Task):
     name = "text-classification"
     peft_task_type = "SEQ_CLS"
     head_candidates = ("classifier", "score")
+    primary_metric = "accuracy"
 
     def label_names(self, configured: list[str] | None, splits: Splits) -> list[str]:
         """Label names in index order; every validation/test label must be known."""

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Export speed: PyTorch eager against peftstd's exported artifacts, interleaved in one run.
+
+    python bench/export_speed.py RUN EXPORT_DIR [EXPORT_DIR ...] [--out bench/results/NAME]
+
+Batch 1 latency and batch 32 throughput at sequence 128 (real VADER text, no padding) for PyTorch
+eager fp32, PyTorch bf16 autocast, and every ONNX artifact of each export folder; the task metric
+of each artifact comes from its export.json gate. Writes NAME.json and NAME.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peftstd.bench.backends import onnx_backend, torch_backend  # noqa: E402
+from peftstd.bench.timing import fixed_length_feed, interleaved, summary  # noqa: E402
+from peftstd.export.merge import merge  # noqa: E402
+from peftstd.run.load import load_run  # noqa: E402
+from peftstd.run.manifest import hardware, package_versions  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run")
+    parser.add_argument("exports", nargs="+")
+    parser.add_argument("--out", default="bench/results/export_speed")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--sequence", type=int, default=128)
+    parser.add_argument("--batches", default="1,32")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    loaded = load_run(args.run)
+    eager, _ = merge(loaded.model)
+    texts = [json.loads(line)["text"] for line in (Path(args.run) / "predictions" / "test.jsonl").read_text().splitlines()]
+    results = {"command": shlex.join(sys.argv), "machine": hardware(), "versions": package_versions(),
+               "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+               "sequence": args.sequence, "threads": args.threads, "rows": []}
+    metrics = {"pytorch-fp32": json.loads((Path(args.run) / "metrics.json").read_text())["test"]["accuracy"]}
+    for batch in (int(b) for b in args.batches.split(",")):
+        feed = fixed_length_feed(loaded.tokenizer, texts, batch, args.sequence)
+        backends = [torch_backend("pytorch-fp32", eager, feed), torch_backend("pytorch-bf16", eager, feed, autocast_bf16=True)]
+        for export in map(Path, args.exports):
+            gate = json.loads((export / "export.json").read_text())["gate"]["artifacts"]
+            for record in gate:
+                name = f"{export.name}/{record['artifact']}"
+                backends.append(onnx_backend(name, export / record["file"], feed, args.threads))
+                metrics[name] = record["value"]
+        times = interleaved(backends, repeats=max(5, args.repeats // max(1, batch // 4)))
+        baseline = summary(times["pytorch-fp32"], batch, args.sequence)
+        for backend in backends:
+            row = {"backend": backend.name, "batch": batch, "device": backend.device, "size_mb": backend.size_mb,
+                   "accuracy": metrics.get(backend.name, metrics["pytorch-fp32"] if backend.name.startswith("pytorch") else None),
+                   **summary(times[backend.name], batch, args.sequence)}
+            row["speedup_vs_pytorch_fp32"] = baseline["p50_ms"] / row["p50_ms"]
+            results["rows"].append(row)
+            print(f"batch {batch:>3} {backend.name:<40} p50 {row['p50_ms']:8.2f} ms  p95 {row['p95_ms']:8.2f}  "
+                  f"{row['samples_per_s']:8.1f} samples/s  x{row['speedup_vs_pytorch_fp32']:.2f}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [f"# Export speed, sequence {args.sequence}, {args.threads} threads", "", f"`{results['command']}`", "",
+             f"Machine: {results['machine']['cpu']} ({results['machine']['cores']} cores, {', '.join(results['machine']['isa'])}); commit {results['git'][:10]}", "",
+             "| batch | backend | p50 ms | p95 ms | p99 ms | samples/s | speed-up vs PyTorch fp32 | test accuracy |", "|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        accuracy = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
+        lines.append(f"| {r['batch']} | {r['backend']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['samples_per_s']:.1f} | {r['speedup_vs_pytorch_fp32']:.2f}x | {accuracy} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Benchmarks: interleaved latency/throughput of every backend, with the machine written down."""

@@ -1,0 +1,49 @@
+"""Run PyTorch models and ONNX artifacts on the same padded batches, so every comparison is like for like."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from peftstd.export.heldout import TaskData
+
+
+def batches(tokenizer, data: TaskData, batch_size: int, max_length: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches in the data's own order, each padded to its longest member (lengths vary across batches)."""
+    for start in range(0, len(data.texts), batch_size):
+        end = start + batch_size
+        pairs = data.pairs[start:end] if data.pairs else None
+        encoded = tokenizer(data.texts[start:end], pairs, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        yield {k: v.astype(np.int64) for k, v in encoded.items()}
+
+
+@torch.no_grad()
+def torch_logits(model, tokenizer, data: TaskData, batch_size: int, max_length: int) -> np.ndarray:
+    model.eval()
+    out = [model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
+           for batch in batches(tokenizer, data, batch_size, max_length)]
+    return np.concatenate(out)
+
+
+def onnx_session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    actual = session.get_providers()
+    if actual[0] != "CPUExecutionProvider":
+        raise RuntimeError(f"asked for CPUExecutionProvider, ONNX Runtime gave {actual}")
+    return session
+
+
+def onnx_logits(session, tokenizer, data: TaskData, batch_size: int, max_length: int) -> np.ndarray:
+    names = {i.name for i in session.get_inputs()}
+    out = [session.run(["logits"], {k: v for k, v in batch.items() if k in names})[0]
+           for batch in batches(tokenizer, data, batch_size, max_length)]
+    return np.concatenate(out)

@@ -1,0 +1,235 @@
+"""`peftstd export RUN`: load -> merge -> prune -> ONNX -> quantize -> (TensorRT) -> verify.
+
+The export folder is built under a temporary name and renamed into place, so a crash never leaves
+half an artifact. A failed gate still writes the folder, with `export.json` marked failed, and exits 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from peftstd.errors import ConfigError, UserError
+from peftstd.export.profile import ExportProfile
+
+GATE_FAILED_EXIT_CODE = 1
+
+
+class Stages:
+    """A progress line per stage with its wall time; the timings go into export.json."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        print(f"[export] {name} ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - started
+        print(f"[export] {name} done in {self.timings[name]:.1f} s", file=sys.stderr, flush=True)
+
+
+def check_request(run_dir: Path, profile: ExportProfile) -> None:
+    """Everything a user can get wrong, before any model loads."""
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {str(run_dir)!r} does not exist")
+    if not (run_dir / "manifest.json").is_file():
+        raise UserError(f"{str(run_dir)!r} is not a finished run (no manifest.json); finish or resume it first")
+    if profile.format == "tensorrt":
+        if profile.target != "gpu":
+            raise ConfigError("--format tensorrt needs --target gpu")
+        from peftstd.export.tensorrt import missing_requirements
+
+        missing = missing_requirements()
+        if missing:
+            raise UserError(f"--format tensorrt needs {' and '.join(missing)}; use --format onnx on this machine")
+
+
+def export_run(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
+    import numpy as np
+
+    from peftstd.data.cache import sha256_file
+    from peftstd.export import quantize
+    from peftstd.export.heldout import run_splits, task_data
+    from peftstd.export.inference import batches, onnx_logits, onnx_session, torch_logits
+    from peftstd.export.merge import max_abs_difference, merge
+    from peftstd.export.onnx_export import export_onnx, op_histogram, optimize_graph
+    from peftstd.export.verify import judge, metric_points, worst_initializer
+    from peftstd.run.atomic import replace_dir, write_json
+    from peftstd.run.load import load_run
+    from peftstd.tasks import get_task
+
+    check_request(run_dir, profile)
+    stages = Stages()
+    report: dict = {"source_run": str(run_dir.resolve()), "source_manifest": str((run_dir / "manifest.json").resolve()),
+                    "profile": profile.model_dump(), "stages": {}}
+
+    with stages.stage("load"):
+        loaded = load_run(run_dir)
+        cfg, splits = run_splits(run_dir, loaded.manifest)
+        task = get_task(loaded.manifest["task"]["type"])
+        max_length = cfg.model.max_length
+        test = task_data(splits.test, loaded.labels)
+        validation = task_data(splits.validation, loaded.labels)
+        calibration = task_data(splits.train[: profile.calibration_samples], loaded.labels)
+        # Dequantization applies to runs trained on a 4/8-bit base; the fine-tune recipe trains float bases only.
+        report["stages"]["load"] = {"base_quantized": False, "method": loaded.manifest["method"]["name"]}
+
+    def logits_of(model, data):
+        return torch_logits(model, loaded.tokenizer, data, profile.batch_size, max_length)
+
+    with stages.stage("merge"):
+        exported, how = merge(loaded.model)
+        trained_test_logits = logits_of(loaded.model, test)
+        merged_test_logits = logits_of(exported, test) if exported is not loaded.model else trained_test_logits
+        report["stages"]["merge"] = {"how": how, "max_abs_logit_difference": max_abs_difference(trained_test_logits, merged_test_logits)}
+
+    if profile.prune:
+        from peftstd.export.prune import prune_model
+
+        with stages.stage("prune"):
+            importance = task_data(splits.train[: profile.importance_samples], loaded.labels)
+            exported, report["stages"]["prune"] = prune_model(exported, loaded.tokenizer, importance, profile.prune, max_length)
+            report["stages"]["prune"]["metric_after"] = metric_points(task, logits_of(exported, validation), validation.label_ids) / 100
+    exported_test_logits = logits_of(exported, test)
+
+    def fill(folder: Path) -> int:
+        with stages.stage("onnx"):
+            raw = folder / "model.raw.onnx"
+            export_onnx(exported, loaded.tokenizer, raw)
+            optimization = optimize_graph(raw, folder / "model.onnx", exported.config) if profile.optimize_graph else {"applied": False}
+            if optimization["applied"]:
+                raw.unlink()
+            else:
+                raw.rename(folder / "model.onnx")
+            report["stages"]["onnx"] = {"exporter": "torch.onnx.export(dynamo=True)", "dynamic_axes": ["batch", "sequence"],
+                                        "graph_optimization": optimization}
+        artifacts = {"fp32": folder / "model.onnx"}
+
+        if profile.int8 or profile.fp16:
+            with stages.stage("quantize"):
+                artifacts.update(quantize_artifacts(folder, artifacts["fp32"], profile, calibration, validation, task,
+                                                    trained_test_logits, loaded, max_length, report))
+
+        if profile.format == "tensorrt":
+            from peftstd.export.tensorrt import build_engine
+
+            with stages.stage("tensorrt"):
+                source = artifacts.get("int8-qdq", artifacts.get("fp16", artifacts["fp32"]))
+                report["stages"]["tensorrt"] = build_engine(source, folder / "model.plan", int8="int8-qdq" in artifacts)
+
+        with stages.stage("verify"):
+            reference = metric_points(task, trained_test_logits, test.label_ids)
+            gate = []
+            for name, path in artifacts.items():
+                logits = onnx_logits(onnx_session(path), loaded.tokenizer, test, profile.batch_size, max_length)
+                record = judge(name, logits, reference, exported_test_logits if name == "fp32" else None,
+                               task, test.label_ids, profile.budget, profile.parity_tolerance)
+                record["file"] = path.name
+                if name == "fp32" and not record["parity_passed"]:
+                    record["worst_layer"] = worst_initializer(path, exported)
+                gate.append(record)
+            report["gate"] = {"split": "test", "examples": len(test.texts), "trained_metric": reference / 100,
+                              "budget_points": profile.budget, "parity_tolerance": profile.parity_tolerance, "artifacts": gate}
+            passed = all(r["passed"] for r in gate)
+
+        exported.config.save_pretrained(folder)
+        loaded.tokenizer.save_pretrained(folder)
+        write_json(folder / "labels.json", loaded.labels)
+        report.update({
+            "status": "passed" if passed else "failed",
+            "task": task.name,
+            "max_length": max_length,
+            "sizes_mb": {p.name: p.stat().st_size / 2**20 for p in artifacts.values()},
+            "ops": {p.name: op_histogram(p) for p in artifacts.values()},
+            "timings_s": stages.timings,
+            "files": {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()},
+        })
+        write_json(folder / "export.json", report)
+        return 0 if passed else GATE_FAILED_EXIT_CODE
+
+    result = {}
+    replace_dir(out_dir, lambda folder: result.setdefault("code", fill(folder)))
+    print_gate(report, out_dir)
+    return result["code"]
+
+
+def quantize_artifacts(folder, fp32_path, profile, calibration, validation, task, trained_test_logits, loaded, max_length, report) -> dict:
+    """int8 (and fp16) artifacts; int8 keeps its most sensitive MatMuls in float until the budget holds."""
+    import tempfile
+
+    from peftstd.export import quantize
+    from peftstd.export.inference import batches, onnx_logits, onnx_session
+    from peftstd.export.verify import metric_points
+
+    prepared = quantize.preprocess(fp32_path, Path(tempfile.mkdtemp()) / "prepared.onnx")
+    feeds = list(batches(loaded.tokenizer, calibration, 8, max_length))
+    input_names = {i.name for i in onnx_session(fp32_path).get_inputs()}
+    feeds = [{k: v for k, v in feed.items() if k in input_names} for feed in feeds]
+    validation_reference = metric_points(task, onnx_logits(onnx_session(fp32_path), loaded.tokenizer, validation, profile.batch_size, max_length), validation.label_ids)
+    stage: dict = {"isa": quantize.int8_isa(), "artifacts": {}}
+    out: dict[str, Path] = {}
+
+    def validation_points(path: Path) -> float:
+        return metric_points(task, onnx_logits(onnx_session(path), loaded.tokenizer, validation, profile.batch_size, max_length), validation.label_ids)
+
+    schemes = []
+    if profile.int8 and profile.target == "cpu":
+        schemes += [("int8-dynamic", "model.int8.onnx", lambda ex, dst: quantize.quantize_dynamic_int8(prepared, dst, profile.per_channel, ex)),
+                    ("int8-static", "model.int8-static.onnx", lambda ex, dst: quantize.quantize_static_int8(prepared, dst, feeds, profile.per_channel, False, ex))]
+    if profile.int8 and profile.target == "gpu":
+        schemes += [("int8-qdq", "model.int8-qdq.onnx", lambda ex, dst: quantize.quantize_static_int8(prepared, dst, feeds, profile.per_channel, True, ex))]
+    for name, filename, make in schemes:
+        dst = folder / filename
+        make([], dst)
+        excluded: list[str] = []
+        drop = validation_reference - validation_points(dst)
+        if drop > profile.budget:
+            # Sensitivity is ranked on the validation split, never on the test split the gate uses.
+            nodes = quantize.quantizable_nodes(prepared)
+            ranked = quantize.sensitivity(nodes, make, lambda p: max(0.0, validation_reference - validation_points(p)), Path(tempfile.mkdtemp()))
+            for count in (1, 2, 4, 8, 16, len(nodes)):
+                excluded = [node for node, _ in ranked[:count]]
+                make(excluded, dst)
+                drop = validation_reference - validation_points(dst)
+                if drop <= profile.budget:
+                    break
+        stage["artifacts"][name] = {"file": filename, "validation_drop_points": drop, "kept_in_float": excluded}
+        out[name] = dst
+    if profile.fp16:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+        import onnx
+
+        onnx.save(convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True), str(folder / "model.fp16.onnx"))
+        out["fp16"] = folder / "model.fp16.onnx"
+        stage["artifacts"]["fp16"] = {"file": "model.fp16.onnx"}
+    report["stages"]["quantize"] = stage
+    return out
+
+
+def print_gate(report: dict, out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    gate = report["gate"]
+    table = Table(title=f"export gate on {gate['examples']} held-out test examples (trained {gate['artifacts'][0]['metric']} {gate['trained_metric']:.4f})")
+    for column in ("artifact", "file", "metric", "drop (points)", "max |Δlogit|", "size MB", "result"):
+        table.add_column(column)
+    for record in gate["artifacts"]:
+        table.add_row(record["artifact"], record["file"], f"{record['value']:.4f}", f"{record['drop_points']:+.2f}",
+                      f"{record['max_abs_logit_difference']:.1e}" if "max_abs_logit_difference" in record else "-",
+                      f"{report['sizes_mb'][record['file']]:.1f}", "pass" if record["passed"] else "FAIL")
+    console = Console(stderr=True)
+    console.print(table)
+    for record in gate["artifacts"]:
+        if not record["passed"]:
+            worst = record.get("worst_layer")
+            why = f"; worst layer {worst['layer']} (max |Δ| {worst['max_abs_difference']:.2e})" if worst else ""
+            console.print(f"peftstd: export gate failed for {record['artifact']}: drop {record['drop_points']:.2f} points"
+                          f" (budget {gate['budget_points']})"
+                          + (f", max |Δlogit| {record['max_abs_logit_difference']:.2e}" if "max_abs_logit_difference" in record else "") + why)
+    console.print(f"export {report['status']}: {out_dir}")

@@ -1,0 +1,32 @@
+"""`peftstd predict DIR "text"`: run an exported artifact on a few texts, for a quick look."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from peftstd.errors import UserError
+
+
+def predict(export_dir: Path, texts: list[str], artifact: str = "model.onnx") -> list[dict]:
+    from transformers import AutoTokenizer
+
+    from peftstd.export.inference import onnx_session
+
+    path = export_dir / artifact
+    if not path.is_file():
+        available = sorted(p.name for p in export_dir.glob("*.onnx")) if export_dir.is_dir() else []
+        raise UserError(f"{str(path)!r} does not exist; artifacts here: {', '.join(available) or 'none'}")
+    info = json.loads((export_dir / "export.json").read_text())
+    labels = json.loads((export_dir / "labels.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    session = onnx_session(path)
+    names = {i.name for i in session.get_inputs()}
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=info["max_length"], return_tensors="np")
+    logits = session.run(["logits"], {k: v.astype(np.int64) for k, v in encoded.items() if k in names})[0]
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    return [{"text": text, "label": labels[int(p.argmax())], "probability": float(p.max()),
+             "probabilities": dict(zip(labels, map(float, p)))} for text, p in zip(texts, probabilities)]

@@ -1,0 +1,96 @@
+"""Stage 5: int8 with ONNX Runtime's quantizer, accuracy-driven.
+
+CPU: dynamic int8 (weights int8, activations quantized at run time) and static int8 (activation ranges
+calibrated on the run's training data). GPU: static symmetric QDQ, the form TensorRT consumes; dynamic
+int8 is never produced for the CUDA provider (it runs slower there than fp32). When an artifact
+exceeds the metric budget, the most sensitive MatMuls (per-layer sensitivity pass) stay in float.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from peftstd.training.precision import cpu_flags
+
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_isa() -> dict:
+    """Without VNNI/AMX, u8s8 products can saturate: ONNX Runtime then needs 7-bit weights (reduce_range)."""
+    found = sorted(cpu_flags().intersection(VNNI_FLAGS))
+    return {"int8_units": found, "reduce_range": not found}
+
+
+def preprocess(src: Path, dst: Path) -> Path:
+    """Symbolic shape inference and graph clean-up that ONNX Runtime recommends before quantizing."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        return dst
+    except Exception:  # shape inference does not cover every exported graph; quantizing the raw graph still works
+        shutil.copy(src, dst)
+        return dst
+
+
+def quantizable_nodes(path: Path) -> list[str]:
+    """MatMul/Gemm nodes whose second input is a weight (initializer): the ones int8 changes."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    weights = {init.name for init in graph.initializer}
+    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in weights]
+
+
+def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool, exclude: Iterable[str] = ()) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src), str(dst), per_channel=per_channel, reduce_range=int8_isa()["reduce_range"], weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=quantizable_nodes(src), nodes_to_exclude=list(exclude),
+    )
+
+
+class FeedReader:
+    """onnxruntime's CalibrationDataReader over a list of input feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+def quantize_static_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], per_channel: bool,
+                         for_tensorrt: bool = False, exclude: Iterable[str] = ()) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(src), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+        reduce_range=False if for_tensorrt else int8_isa()["reduce_range"],
+        activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8, weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=quantizable_nodes(src), nodes_to_exclude=list(exclude),
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": for_tensorrt, "WeightSymmetric": True},
+    )
+
+
+def sensitivity(nodes: list[str], quantize_all_but: Callable[[list[str], Path], None], error_of: Callable[[Path], float],
+                work: Path) -> list[tuple[str, float]]:
+    """Each node's share of the int8 error: the error left when only that node stays in float, ranked.
+
+    A node whose exclusion removes the most error is the most sensitive one.
+    """
+    baseline_path = work / "all.onnx"
+    quantize_all_but([], baseline_path)
+    baseline = error_of(baseline_path)
+    ranked = []
+    for node in nodes:
+        candidate = work / "candidate.onnx"
+        quantize_all_but([node], candidate)
+        ranked.append((node, baseline - error_of(candidate)))
+    return sorted(ranked, key=lambda item: item[1], reverse=True)

@@ -1,0 +1,150 @@
+"""Export: ONNX parity gate on held-out data, int8, pruning, predict, stock loaders, broken artifacts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from conftest import REPO, run_recipe, tiny_overrides
+
+
+def peftstd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "peftstd", *args], capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, sentiment_file, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("export-runs")
+    runs = {}
+    for method in ("lora", "adapter"):
+        result = run_recipe(tiny_overrides(tiny_model, sentiment_file, out, method, f"method={method}", "training.max_steps=12"))
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[method] = out / method
+    return runs
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exports") / "lora"
+    result = peftstd("export", str(trained["lora"]), "--int8", "--budget", "100", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_export_writes_the_artifacts_and_a_passing_gate(exported):
+    report = json.loads((exported / "export.json").read_text())
+    assert report["status"] == "passed"
+    for name in ("model.onnx", "model.int8.onnx", "model.int8-static.onnx", "config.json", "tokenizer.json", "labels.json"):
+        assert (exported / name).is_file(), name
+    fp32 = next(r for r in report["gate"]["artifacts"] if r["artifact"] == "fp32")
+    assert fp32["parity_passed"] and fp32["max_abs_logit_difference"] <= 1e-4
+    assert report["gate"]["examples"] == 24 and report["stages"]["merge"]["max_abs_logit_difference"] < 1e-4
+    assert set(report["timings_s"]) >= {"load", "merge", "onnx", "quantize", "verify"}
+    assert report["files"]["model.onnx"] and report["ops"]["model.onnx"]
+
+
+def test_onnx_axes_are_dynamic(exported):
+    graph = onnx.load(str(exported / "model.onnx")).graph
+    for graph_input in graph.input:
+        dims = graph_input.type.tensor_type.shape.dim
+        assert all(d.dim_param for d in dims), graph_input.name
+
+
+def test_predict_matches_a_bare_onnxruntime_session_and_optimum(exported):
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    texts = ["the movie was great and fun", "a dull and tedious plot"]
+    result = peftstd("predict", str(exported), *texts)
+    assert result.returncode == 0, result.stderr
+    predicted = [line.split("\t")[0] for line in result.stdout.strip().splitlines()]
+
+    labels = json.loads((exported / "labels.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(exported)
+    session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    encoded = dict(tokenizer(texts, padding=True, return_tensors="np"))
+    bare = session.run(["logits"], {k: v.astype(np.int64) for k, v in encoded.items()})[0]
+    assert [labels[i] for i in bare.argmax(-1)] == predicted
+
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+
+    model = ORTModelForSequenceClassification.from_pretrained(exported, file_name="model.onnx")
+    logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.detach().numpy()
+    assert np.abs(logits - bare).max() < 1e-5
+
+
+def test_a_weight_perturbed_after_export_fails_the_gate_and_names_the_layer(trained, exported, tmp_path, monkeypatch):
+    """The gate runs on what was written: corrupt one weight on its way to disk, the export must fail."""
+    from peftstd.export import onnx_export, pipeline
+    from peftstd.export.profile import ExportProfile
+
+    original = onnx_export.export_onnx
+
+    def export_then_corrupt(model, tokenizer, out):
+        names = original(model, tokenizer, out)
+        graph = onnx.load(str(out))
+        query = model.bert.encoder.layer[1].output.dense.weight.detach().numpy()
+
+        def distance(init):
+            array = numpy_helper.to_array(init)
+            return min((np.abs(array - q).max() for q in (query, query.T) if q.shape == array.shape), default=np.inf)
+
+        target = min(graph.graph.initializer, key=distance)
+        assert distance(target) == 0.0
+        # Random, not constant: a constant shift cancels against LayerNorm's zero-mean output.
+        noise = np.random.default_rng(0).normal(0, 0.5, size=tuple(target.dims)).astype(np.float32)
+        target.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(target) + noise, target.name))
+        onnx.save(graph, str(out))
+        return names
+
+    monkeypatch.setattr(onnx_export, "export_onnx", export_then_corrupt)
+    code = pipeline.export_run(trained["lora"], tmp_path / "broken", ExportProfile(optimize_graph=False, parity_tolerance=1e-4))
+    assert code != 0
+    report = json.loads((tmp_path / "broken" / "export.json").read_text())
+    assert report["status"] == "failed"
+    fp32 = report["gate"]["artifacts"][0]
+    assert not fp32["parity_passed"]
+    assert fp32["worst_layer"]["layer"] == "bert.encoder.layer.1.output.dense.weight"
+
+
+def test_bottleneck_adapter_run_exports_in_graph_and_passes(trained, tmp_path):
+    result = peftstd("export", str(trained["adapter"]), "--out", str(tmp_path / "adapter"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "adapter" / "export.json").read_text())
+    assert "kept in the graph" in report["stages"]["merge"]["how"]
+    assert report["gate"]["artifacts"][0]["parity_passed"]
+
+
+def test_pruning_removes_structure_and_flops(trained, tmp_path):
+    result = peftstd("export", str(trained["lora"]), "--prune", "0.4", "--budget", "100", "--out", str(tmp_path / "pruned"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "pruned" / "export.json").read_text())
+    prune = report["stages"]["prune"]
+    assert 0.38 <= prune["flops_reduction"] <= 0.42
+    assert prune["parameters_after"] < prune["parameters_before"]
+    assert report["gate"]["artifacts"][0]["parity_passed"]  # the pruned graph matches the pruned PyTorch model
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{missing}"], "does not exist"),
+        (["{unfinished}"], "is not a finished run"),
+        (["{run}", "--format", "tensorrt"], "--format tensorrt needs --target gpu"),
+        (["{run}", "--format", "tensorrt", "--target", "gpu"], "--format tensorrt needs the tensorrt Python package"),
+        (["{run}", "--prune", "0.95"], "prune"),
+    ],
+)
+def test_bad_export_requests_are_one_line_errors(trained, tmp_path, args, message):
+    (tmp_path / "unfinished").mkdir()
+    values = {"missing": tmp_path / "missing", "unfinished": tmp_path / "unfinished", "run": trained["lora"]}
+    result = peftstd("export", *[a.format(**values) for a in args], "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
