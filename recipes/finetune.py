@@ -65,11 +65,11 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.run.banner import print_banner
     from peftstd.run.checkpoints import Checkpoints, TrainerState, checkpoint_due_by_time
     from peftstd.run.report import plot_curves, render_report
-    from peftstd.run.rundir import check_run_path, create_run_dir, is_resumable, point_latest, run_name
+    from peftstd.run.rundir import create_run_dir, decide_run_start, point_latest, run_name
     from peftstd.tasks import get_task
     from peftstd.training.batching import eval_loader, train_loader
     from peftstd.training.evaluate import evaluate
-    from peftstd.training.distributed import check_world_size
+    from peftstd.training.distributed import check_world_size, on_main_then_broadcast
     from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps
     from peftstd.training.precision import accelerate_name, resolve_precision
     from peftstd.training.selection import Selection
@@ -103,9 +103,8 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     method.check_plan(cfg, total_steps)
     name = broadcast_object_list([run_name(cfg.output.name, config_path)])[0]
     run_dir = Path(cfg.output.dir) / name
-    resuming = is_resumable(run_dir, to_yaml(cfg), cfg.output.overwrite, resume_requested)  # same command again = resume
-    if not resuming:
-        check_run_path(run_dir, cfg.output.overwrite)
+    # Rank 0 decides (and everyone follows): a rank that looked later would see rank 0's fresh folder.
+    resuming = on_main_then_broadcast(accelerator, lambda: decide_run_start(run_dir, to_yaml(cfg), cfg.output.overwrite, resume_requested))
 
     # --- Tokenize: dynamic padding later, so features keep their own lengths ---------------------
     tokenizer = AutoTokenizer.from_pretrained(base.path)
@@ -131,7 +130,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     # --- Run directory (rank 0 writes), or the checkpoint to resume from --------------------------
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.output.keep_last_checkpoints, accelerator)
     state, best_snapshot = TrainerState(), None
-    if resume_from := (checkpoints.latest_valid() if resuming else None):
+    if resume_from := on_main_then_broadcast(accelerator, lambda: checkpoints.latest_valid() if resuming else None):
         state, best_snapshot = checkpoints.load(resume_from, unwrapped, optimizer, scheduler, method)
         accelerator.step = state.accumulation_counter
     selection = Selection(cfg.evaluation.metric, cfg.evaluation.early_stopping_patience, **state.selection)

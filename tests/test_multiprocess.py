@@ -31,3 +31,40 @@ def test_two_cpu_processes_train_as_two_ranks_and_only_rank0_writes(tiny_model, 
     assert result.stderr.count("run directory") <= 1 and result.stdout.count("run directory:") == 1
     test_rows = (run / "predictions" / "test.jsonl").read_text().splitlines()
     assert len(test_rows) == manifest["data"]["sizes"]["test"]  # gathered once, no duplicated padding rows
+
+
+def test_two_process_run_resumes_after_sigkill_to_identical_metrics(tiny_model, sentiment_file, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from conftest import REPO, RECIPE_ENV, recipe_command
+
+    extra = ["training.max_steps=24", "evaluation.every_steps=6", "output.checkpoint_every_steps=3"]
+    reference = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "reference", *extra), launcher=TWO_CPU_PROCESSES)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    args = tiny_overrides(tiny_model, sentiment_file, tmp_path, "killed", *extra)
+    process = subprocess.Popen(recipe_command(args, TWO_CPU_PROCESSES), env=RECIPE_ENV, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 180
+    while not list(checkpoints.glob("step-*/checksums.json")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    # torchrun puts its workers in process groups of their own: SIGKILL the whole tree, workers first.
+    tree = psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]
+    for member in tree:
+        member.send_signal(signal.SIGKILL)
+    process.wait()
+    time.sleep(0.5)
+    assert not (tmp_path / "killed" / "manifest.json").exists(), "the run finished before it could be killed"
+
+    resumed = run_recipe(args, launcher=TWO_CPU_PROCESSES)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    same = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("reference", "killed")]
+    assert same[0] == same[1]
+    rng = __import__("torch").load(sorted(checkpoints.glob("step-*"))[-1] / "rng.pt", weights_only=False)
+    assert len(rng) == 2  # both ranks' RNG states, written by rank 0 alone

@@ -23,10 +23,38 @@ class Finding:
     detail: str = ""
 
 
+EXPORT_FILES = ("model.onnx", "export.json", "config.json", "labels.json")
+
+
 def check_path(path: Path) -> list[Finding]:
     if (path / "manifest.json").is_file():
         return check_run(path)
-    return [Finding("kind", False, f"{path} is not a finished run directory (no manifest.json)")]
+    if (path / "export.json").is_file():
+        return check_export(path)
+    return [Finding("kind", False, f"{path} is neither a finished run (manifest.json) nor an export (export.json)")]
+
+
+def check_export(folder: Path) -> list[Finding]:
+    findings = [Finding(f"file {name}", (folder / name).is_file(), "" if (folder / name).is_file() else "missing") for name in EXPORT_FILES]
+    report = json.loads((folder / "export.json").read_text())
+    findings.extend(check_hashes(folder, report.get("files", {})))
+    gate = report.get("gate", {}).get("artifacts", [])
+    fp32 = next((r for r in gate if r.get("artifact") == "fp32"), {})
+    findings.append(Finding("parity figures recorded", "max_abs_logit_difference" in fp32,
+                            f"max |Δlogit| {fp32['max_abs_logit_difference']:.1e}" if "max_abs_logit_difference" in fp32 else "missing"))
+    failed = [r["artifact"] for r in gate if not r.get("passed")]
+    findings.append(Finding("export gate passed", report.get("status") == "passed" and bool(gate) and not failed,
+                            f"failed: {', '.join(failed)}" if failed else f"{len(gate)} artifact(s) within budget"))
+    for record in gate:
+        findings.append(attempt(f"{record['file']} loads in a bare onnxruntime session", lambda f=folder / record["file"]: load_onnx(f)))
+    return findings
+
+
+def load_onnx(path: Path) -> str:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ", ".join(i.name for i in session.get_inputs())
 
 
 def check_run(run: Path) -> list[Finding]:

@@ -52,6 +52,14 @@ def is_resumable(path: Path, resolved_config: str, overwrite: bool, requested: b
     return True
 
 
+def decide_run_start(path: Path, resolved_config: str, overwrite: bool, requested: bool) -> bool:
+    """True to resume the unfinished run at `path`; False to start it afresh (after checking it may be)."""
+    if is_resumable(path, resolved_config, overwrite, requested):  # the same command again resumes
+        return True
+    check_run_path(path, overwrite)
+    return False
+
+
 def create_run_dir(path: Path) -> Path:
     if path.exists():
         shutil.rmtree(path)

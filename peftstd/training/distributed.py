@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 from peftstd.errors import UserError
 
@@ -15,3 +16,21 @@ def check_world_size(actual: int) -> None:
             f"the launcher started {expected} processes but each sees a world of {actual}; "
             "on CPU use `accelerate launch --multi_gpu --num_processes N` or torchrun (`--cpu` runs one process)"
         )
+
+
+def on_main_then_broadcast(accelerator, decide: Callable[[], Any]) -> Any:
+    """Run `decide` on rank 0 only and give its result (or its `UserError`) to every rank."""
+    from accelerate.utils import broadcast_object_list
+
+    outcome: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            outcome = [("ok", decide())]
+        except UserError as error:
+            outcome = [("error", error)]
+    if accelerator.num_processes > 1:
+        outcome = broadcast_object_list(outcome)
+    status, value = outcome[0]
+    if status == "error":
+        raise value
+    return value
