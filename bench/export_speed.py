@@ -4,8 +4,10 @@
     python bench/export_speed.py RUN EXPORT_DIR [EXPORT_DIR ...] [--out bench/results/NAME]
 
 Batch 1 latency and batch 32 throughput at sequence 128 (real VADER text, no padding) for PyTorch
-eager fp32, PyTorch bf16 autocast, and every ONNX artifact of each export folder; the task metric
-of each artifact comes from its export.json gate. Writes NAME.json and NAME.md.
+eager fp32, PyTorch bf16 autocast, every ONNX artifact of each export folder, and optimum's own
+pipeline on the same run (ORTModelForSequenceClassification export + ORTQuantizer dynamic int8 with
+its AVX512-VNNI config: the Hugging Face anchor). Test accuracy comes from each export's gate, and
+for optimum's artifacts from the same test split. Writes NAME.json and NAME.md.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -28,6 +31,31 @@ from peftstd.run.load import load_run  # noqa: E402
 from peftstd.run.manifest import hardware, package_versions  # noqa: E402
 
 
+def optimum_pipeline(loaded, run: Path, work: Path) -> dict[str, Path]:
+    """optimum's documented CPU route: export the merged model, then ORTQuantizer dynamic int8."""
+    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    merged, _ = merge(loaded.model)
+    merged.save_pretrained(work / "merged")
+    loaded.tokenizer.save_pretrained(work / "merged")
+    ORTModelForSequenceClassification.from_pretrained(work / "merged", export=True).save_pretrained(work / "optimum-fp32")
+    loaded.tokenizer.save_pretrained(work / "optimum-fp32")
+    quantizer = ORTQuantizer.from_pretrained(work / "optimum-fp32")
+    quantizer.quantize(save_dir=work / "optimum-int8", quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True))
+    return {"optimum/fp32": work / "optimum-fp32" / "model.onnx", "optimum/int8": next((work / "optimum-int8").glob("*.onnx"))}
+
+
+def onnx_accuracy(path: Path, loaded, run: Path) -> float:
+    from peftstd.export.heldout import run_splits, task_data
+    from peftstd.export.inference import onnx_logits, onnx_session
+
+    cfg, splits = run_splits(run, loaded.manifest)
+    test = task_data(splits.test, loaded.labels)
+    logits = onnx_logits(onnx_session(path), loaded.tokenizer, test, 32, cfg.model.max_length)
+    return float((logits.argmax(-1) == test.label_ids).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
@@ -37,6 +65,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--sequence", type=int, default=128)
     parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--no-optimum", action="store_true", help="skip optimum's pipeline")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -47,6 +76,9 @@ def main() -> None:
                "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
                "sequence": args.sequence, "threads": args.threads, "rows": []}
     metrics = {"pytorch-fp32": json.loads((Path(args.run) / "metrics.json").read_text())["test"]["accuracy"]}
+    optimum = {} if args.no_optimum else optimum_pipeline(loaded, Path(args.run), Path(tempfile.mkdtemp()))
+    for name, path in optimum.items():
+        metrics[name] = onnx_accuracy(path, loaded, Path(args.run))
     for batch in (int(b) for b in args.batches.split(",")):
         feed = fixed_length_feed(loaded.tokenizer, texts, batch, args.sequence)
         backends = [torch_backend("pytorch-fp32", eager, feed), torch_backend("pytorch-bf16", eager, feed, autocast_bf16=True)]
@@ -56,6 +88,7 @@ def main() -> None:
                 name = f"{export.name}/{record['artifact']}"
                 backends.append(onnx_backend(name, export / record["file"], feed, args.threads))
                 metrics[name] = record["value"]
+        backends += [onnx_backend(name, path, feed, args.threads) for name, path in optimum.items()]
         times = interleaved(backends, repeats=max(5, args.repeats // max(1, batch // 4)))
         baseline = summary(times["pytorch-fp32"], batch, args.sequence)
         for backend in backends:

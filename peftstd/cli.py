@@ -7,7 +7,7 @@ import json
 import sys
 
 from peftstd import __version__
-from peftstd.errors import exit_on_user_error
+from peftstd.errors import UserError, exit_on_user_error
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -70,6 +70,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peftstd.bench.run import compare, run_bench
+
+    if args.compare:
+        for row in compare(Path(args.compare[0]), Path(args.compare[1])):
+            print(f"{row['backend']:<28} batch {row['batch']:>3} seq {row['sequence']:>4}  "
+                  f"p50 x{row['p50_ratio']:.2f}  throughput x{row['throughput_ratio']:.2f}")
+        return 0
+    if not args.target:
+        raise UserError("peftstd bench needs a TARGET (run or export folder) or --compare A.json B.json")
+    target = Path(args.target)
+    run_bench(target, Path(args.out) if args.out else target / "bench", parse_ints(args.batches, "--batches"),
+              parse_ints(args.sequences, "--sequences"), args.threads, args.repeats,
+              set(args.backends.split(",")) if args.backends else None, args.device)
+    return 0
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{flag} takes comma-separated positive integers, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftstd", description="A standard process for fine-tuning and shipping NLP transformers.")
     parser.add_argument("--version", action="version", version=f"peftstd {__version__}")
@@ -104,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="+", help="texts to classify")
     predict.add_argument("--artifact", default="model.onnx", help="artifact file in the folder (default %(default)s)")
     predict.set_defaults(func=cmd_predict)
+
+    bench = sub.add_parser("bench", help="latency/throughput of every backend of a run or export, side by side")
+    bench.add_argument("target", nargs="?", help="run directory or export folder")
+    bench.add_argument("--batches", default="1,8,32", help="batch sizes (default %(default)s)")
+    bench.add_argument("--sequences", default="32,128", help="sequence lengths (default %(default)s)")
+    bench.add_argument("--threads", type=int, help="intra-op threads for every backend (default: torch's)")
+    bench.add_argument("--repeats", type=int, default=20, help="timed rounds per grid cell (default %(default)s)")
+    bench.add_argument("--backends", help="comma-separated subset, e.g. pytorch-fp32,onnxruntime-int8-dynamic")
+    bench.add_argument("--device", default="cpu", help="device of the PyTorch backends: cpu or cuda (default %(default)s)")
+    bench.add_argument("--out", help="results folder (default TARGET/bench)")
+    bench.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print B's ratios to A instead of running")
+    bench.set_defaults(func=cmd_bench)
 
     defaults = sub.add_parser("defaults", help="print the standard's defaults table (Markdown)")
     defaults.set_defaults(func=cmd_defaults)

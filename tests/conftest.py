@@ -79,3 +79,29 @@ def recipe_command(args: list[str], launcher: list[str] | None = None) -> list[s
 def run_recipe(args: list[str], launcher: list[str] | None = None, timeout: int = 300, cwd: Path | None = None):
     """Run the fine-tune recipe in a fresh process, as a user would."""
     return subprocess.run(recipe_command(args, launcher), capture_output=True, text=True, timeout=timeout, env=RECIPE_ENV, cwd=cwd or REPO)
+
+
+def peftstd(*args: str) -> subprocess.CompletedProcess:
+    """The `peftstd` command in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "peftstd", *args], capture_output=True, text=True, cwd=REPO, env=RECIPE_ENV)
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_model, sentiment_file, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("export-runs")
+    runs = {}
+    for method in ("lora", "adapter"):
+        result = run_recipe(tiny_overrides(tiny_model, sentiment_file, out, method, f"method={method}", "training.max_steps=12"))
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[method] = out / method
+    return runs
+
+
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exports") / "lora"
+    result = peftstd("export", str(trained["lora"]), "--int8", "--budget", "100", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+

@@ -12,30 +12,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import REPO, run_recipe, tiny_overrides
-
-
-def peftstd(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "peftstd", *args], capture_output=True, text=True, cwd=REPO)
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_model, sentiment_file, tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("export-runs")
-    runs = {}
-    for method in ("lora", "adapter"):
-        result = run_recipe(tiny_overrides(tiny_model, sentiment_file, out, method, f"method={method}", "training.max_steps=12"))
-        assert result.returncode == 0, result.stderr[-2000:]
-        runs[method] = out / method
-    return runs
-
-
-@pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("exports") / "lora"
-    result = peftstd("export", str(trained["lora"]), "--int8", "--budget", "100", "--out", str(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+from conftest import peftstd
 
 
 def test_export_writes_the_artifacts_and_a_passing_gate(exported):

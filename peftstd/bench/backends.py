@@ -18,16 +18,36 @@ class Backend:
     size_mb: float | None = None
 
 
-def torch_backend(name: str, model, feed: dict[str, np.ndarray], autocast_bf16: bool = False) -> Backend:
-    tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
-    model.eval()
+def torch_backend(name: str, model, feed: dict[str, np.ndarray], autocast_bf16: bool = False, device: str = "cpu") -> Backend:
+    tensors = {k: torch.from_numpy(v).to(device) for k, v in feed.items()}
+    model.eval().to(device)
+    cuda = device.startswith("cuda")
 
     @torch.inference_mode()
     def run():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
-            return model(**tensors).logits
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            logits = model(**tensors).logits
+        if cuda:
+            torch.cuda.synchronize()  # time the kernels, not their launch
+        return logits
 
-    return Backend(name, run, f"torch {torch.__version__} cpu, {torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads"
+    return Backend(name, run, f"torch {torch.__version__} {where}")
+
+
+def torch_int8_backend(name: str, model, feed: dict[str, np.ndarray]) -> Backend:
+    """PyTorch dynamic int8 (torch.ao quantize_dynamic on every nn.Linear)."""
+    quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    backend = torch_backend(name, quantized, feed)
+    backend.device += f", dynamic int8 ({torch.backends.quantized.engine})"
+    return backend
+
+
+def torch_compile_backend(name: str, model, feed: dict[str, np.ndarray], device: str = "cpu") -> Backend:
+    compiled = torch.compile(model, dynamic=True)
+    backend = torch_backend(name, compiled, feed, device=device)
+    backend.device += ", torch.compile (inductor)"
+    return backend
 
 
 def onnx_backend(name: str, path: Path, feed: dict[str, np.ndarray], threads: int) -> Backend:

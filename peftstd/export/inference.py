@@ -11,12 +11,14 @@ import torch
 from peftstd.export.heldout import TaskData
 
 
-def batches(tokenizer, data: TaskData, batch_size: int, max_length: int) -> Iterator[dict[str, np.ndarray]]:
-    """Batches in the data's own order, each padded to its longest member (lengths vary across batches)."""
+def batches(tokenizer, data: TaskData, batch_size: int, max_length: int, fixed_length: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Batches in the data's own order, each padded to its longest member (lengths vary across batches),
+    or all to `max_length` when `fixed_length` (histogram calibrators need one shape)."""
+    padding = "max_length" if fixed_length else True
     for start in range(0, len(data.texts), batch_size):
         end = start + batch_size
         pairs = data.pairs[start:end] if data.pairs else None
-        encoded = tokenizer(data.texts[start:end], pairs, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        encoded = tokenizer(data.texts[start:end], pairs, padding=padding, truncation=True, max_length=max_length, return_tensors="np")
         yield {k: v.astype(np.int64) for k, v in encoded.items()}
 
 

@@ -22,6 +22,7 @@ class ExportProfile(Section):
     budget: float = Field(1.0, ge=0.0, description="Largest allowed drop of the task metric, in points (1.0 = one accuracy point).")
     parity_tolerance: float = Field(1e-4, gt=0, description="Largest allowed max-abs logit difference of the fp32 ONNX artifact.")
     calibration_samples: int = Field(256, ge=8, description="Training examples used for static-int8 calibration.")
+    search_train_samples: int = Field(2000, ge=0, description="Training examples (unseen by calibration) added to validation to judge int8 drops.")
     importance_samples: int = Field(1024, ge=8, description="Training examples used for pruning importance (Fisher) and mask tuning.")
     per_channel: bool = Field(True, description="Per-channel weight scales for int8 (usually more accurate at no speed cost).")
     optimize_graph: bool = Field(True, description="Apply ONNX Runtime's transformer fusions (attention, LayerNorm, GELU) where they match.")

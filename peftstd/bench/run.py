@@ -1,0 +1,157 @@
+"""`peftstd bench TARGET`: every backend of a run or export, side by side on a batch x sequence grid.
+
+Backends are timed interleaved (A B C A B C ...) after a warm-up, so drift on a shared machine hits
+all of them alike; each backend's real device/provider is checked, not assumed. Results: bench.json
+(machine, versions, raw timings), bench.md (table), bench.png (latency against batch per backend).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from peftstd.errors import UserError
+
+
+def resolve_target(target: Path) -> tuple[Path, Path | None]:
+    """(run directory, export folder or None) for a run or an export folder."""
+    if (target / "export.json").is_file():
+        return Path(json.loads((target / "export.json").read_text())["source_run"]), target
+    if (target / "manifest.json").is_file():
+        export = target / "export"
+        return target, export if (export / "export.json").is_file() else None
+    raise UserError(f"{str(target)!r} is neither a finished run (manifest.json) nor an export folder (export.json)")
+
+
+def build_backends(model, export: Path | None, feed, threads: int, names: set[str] | None, device: str = "cpu"):
+    import torch
+
+    from peftstd.bench.backends import onnx_backend, torch_backend, torch_compile_backend, torch_int8_backend
+    from peftstd.training.precision import resolve_precision
+
+    factories = {
+        "pytorch-fp32": lambda: torch_backend("pytorch-fp32", model, feed, device=device),
+        "torch.compile": lambda: torch_compile_backend("torch.compile", model, feed, device=device),
+    }
+    if device == "cpu":  # torch.ao dynamic int8 kernels are CPU-only
+        factories["pytorch-int8-dynamic"] = lambda: torch_int8_backend("pytorch-int8-dynamic", model, feed)
+    if resolve_precision("auto", device.startswith("cuda") and torch.cuda.is_available())[0] == "bf16":  # native bf16 only
+        factories["pytorch-bf16"] = lambda: torch_backend("pytorch-bf16", model, feed, autocast_bf16=True, device=device)
+    if export is not None:
+        for record in json.loads((export / "export.json").read_text())["gate"]["artifacts"]:
+            name = f"onnxruntime-{record['artifact']}"
+            factories[name] = lambda r=record, n=name: onnx_backend(n, export / r["file"], feed, threads)
+    return [make() for name, make in factories.items() if names is None or name in names]
+
+
+def artifact_metrics(run: Path, export: Path | None) -> dict[str, float]:
+    metrics = {"pytorch-fp32": json.loads((run / "metrics.json").read_text())["test"]["accuracy"]}
+    if export is not None:
+        for record in json.loads((export / "export.json").read_text())["gate"]["artifacts"]:
+            metrics[f"onnxruntime-{record['artifact']}"] = record["value"]
+    return metrics
+
+
+def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int], threads: int | None,
+              repeats: int, backends: set[str] | None, device: str = "cpu") -> dict:
+    import psutil
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+    from tqdm.auto import tqdm
+
+    from peftstd.bench.timing import fixed_length_feed, interleaved, summary
+    from peftstd.export.merge import merge
+    from peftstd.run.load import load_run
+    from peftstd.run.manifest import hardware, package_versions
+
+    run, export = resolve_target(target)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA GPU on this machine")
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    loaded = load_run(run)
+    model, _ = merge(loaded.model)
+    texts = [json.loads(line)["text"] for line in (run / "predictions" / "test.jsonl").read_text().splitlines()]
+    metrics = artifact_metrics(run, export)
+    result = {"command": shlex.join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "target": str(target), "machine": hardware(), "versions": package_versions(), "threads": threads,
+              "repeats": repeats, "rows": [], "raw_seconds": {}}
+    grid = [(b, s) for s in sequences for b in batches]
+    for batch, sequence in tqdm(grid, desc="bench", disable=not sys.stderr.isatty()):
+        feed = fixed_length_feed(loaded.tokenizer, texts, batch, sequence)
+        cell = build_backends(model, export, feed, threads, backends, device)
+        times = interleaved(cell, repeats=repeats)
+        for backend in cell:
+            row = {"backend": backend.name, "batch": batch, "sequence": sequence, "device": backend.device,
+                   "size_mb": backend.size_mb, "metric": metrics.get(backend.name),
+                   "rss_mb": psutil.Process().memory_info().rss / 2**20, **summary(times[backend.name], batch, sequence)}
+            result["rows"].append(row)
+            result["raw_seconds"][f"{backend.name}|{batch}|{sequence}"] = times[backend.name]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "bench.md").write_text(markdown(result))
+    chart(result, out / "bench.png")
+    table = Table(title=f"peftstd bench: {target} ({threads} threads)")
+    for column in ("backend", "batch", "seq", "p50 ms", "p95 ms", "p99 ms", "samples/s", "accuracy"):
+        table.add_column(column)
+    for r in result["rows"]:
+        table.add_row(r["backend"], str(r["batch"]), str(r["sequence"]), f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
+                      f"{r['p99_ms']:.2f}", f"{r['samples_per_s']:.1f}", f"{r['metric']:.4f}" if r["metric"] is not None else "-")
+    Console(stderr=True).print(table)
+    return result
+
+
+def markdown(result: dict) -> str:
+    machine = result["machine"]
+    lines = [f"# peftstd bench: `{result['target']}`", "", f"`{result['command']}`", "",
+             f"{machine['cpu']}, {machine['cores']} cores ({', '.join(machine['isa'])}), {result['threads']} threads; "
+             f"torch {result['versions'].get('torch')}, onnxruntime {result['versions'].get('onnxruntime')}; {result['created']}", "",
+             "| backend | batch | seq | p50 ms | p95 ms | p99 ms | samples/s | tokens/s | size MB | test accuracy | device |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        size = f"{r['size_mb']:.1f}" if r["size_mb"] else "-"
+        metric = f"{r['metric']:.4f}" if r["metric"] is not None else "-"
+        lines.append(f"| {r['backend']} | {r['batch']} | {r['sequence']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | {size} | {metric} | {r['device']} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sequences = sorted({r["sequence"] for r in result["rows"]})
+    fig, axes = plt.subplots(1, len(sequences), figsize=(5.5 * len(sequences), 4), squeeze=False)
+    for ax, sequence in zip(axes[0], sequences):
+        for backend in dict.fromkeys(r["backend"] for r in result["rows"]):
+            rows = sorted((r for r in result["rows"] if r["backend"] == backend and r["sequence"] == sequence), key=lambda r: r["batch"])
+            ax.plot([r["batch"] for r in rows], [r["p50_ms"] for r in rows], "o-", label=backend)
+        ax.set(title=f"sequence {sequence}", xlabel="batch", ylabel="p50 latency (ms)", xscale="log", yscale="log")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare(first: Path, second: Path) -> list[dict]:
+    """Per (backend, batch, sequence): second's p50 and throughput relative to first's."""
+    a, b = (json.loads(Path(p).read_text()) for p in (first, second))
+    index = {(r["backend"], r["batch"], r["sequence"]): r for r in a["rows"]}
+    out = []
+    for r in b["rows"]:
+        key = (r["backend"], r["batch"], r["sequence"])
+        if key in index:
+            out.append({"backend": key[0], "batch": key[1], "sequence": key[2],
+                        "p50_ratio": r["p50_ms"] / index[key]["p50_ms"],
+                        "throughput_ratio": r["samples_per_s"] / index[key]["samples_per_s"]})
+    return out

@@ -1,0 +1,36 @@
+"""`peftstd bench`: every backend timed on the grid, results written, providers recorded; --compare."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import peftstd
+
+
+def test_bench_times_every_backend_on_the_grid_and_writes_its_results(exported, tmp_path):
+    out = tmp_path / "bench"
+    result = peftstd("bench", str(exported), "--batches", "1,4", "--sequences", "16", "--repeats", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "bench.json").read_text())
+    backends = {r["backend"] for r in report["rows"]}
+    assert {"pytorch-fp32", "pytorch-int8-dynamic", "torch.compile", "onnxruntime-fp32", "onnxruntime-int8-dynamic"} <= backends
+    assert {(r["batch"], r["sequence"]) for r in report["rows"]} == {(1, 16), (4, 16)}
+    for row in report["rows"]:
+        assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["samples_per_s"] > 0
+        assert len(report["raw_seconds"][f"{row['backend']}|{row['batch']}|{row['sequence']}"]) == 3
+    onnx_rows = [r for r in report["rows"] if r["backend"].startswith("onnxruntime")]
+    assert all("CPUExecutionProvider" in r["device"] and r["metric"] is not None for r in onnx_rows)
+    assert report["machine"]["cpu"] and report["versions"]["onnxruntime"]
+    assert (out / "bench.md").read_text().count("\n") > len(report["rows"])
+    assert (out / "bench.png").stat().st_size > 1000
+
+    compared = peftstd("bench", "--compare", str(out / "bench.json"), str(out / "bench.json"))
+    assert compared.returncode == 0
+    assert "p50 x1.00" in compared.stdout and "throughput x1.00" in compared.stdout
+
+
+def test_bench_refuses_what_it_cannot_time(tmp_path):
+    result = peftstd("bench", str(tmp_path))
+    assert result.returncode == 2 and "neither a finished run" in result.stderr
+    bad = peftstd("bench", str(tmp_path), "--batches", "1,x")
+    assert bad.returncode == 2 and "--batches takes comma-separated positive integers" in bad.stderr
