@@ -56,6 +56,17 @@ def onnx_accuracy(path: Path, loaded, run: Path) -> float:
     return float((logits.argmax(-1) == test.label_ids).mean())
 
 
+def bf16_accuracy(model, loaded, run: Path) -> float:
+    from peftstd.export.heldout import run_splits, task_data
+    from peftstd.export.inference import torch_logits
+
+    cfg, splits = run_splits(run, loaded.manifest)
+    test = task_data(splits.test, loaded.labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = torch_logits(model, loaded.tokenizer, test, 32, cfg.model.max_length)
+    return float((logits.argmax(-1) == test.label_ids).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
@@ -79,6 +90,7 @@ def main() -> None:
     optimum = {} if args.no_optimum else optimum_pipeline(loaded, Path(args.run), Path(tempfile.mkdtemp()))
     for name, path in optimum.items():
         metrics[name] = onnx_accuracy(path, loaded, Path(args.run))
+    metrics["pytorch-bf16"] = bf16_accuracy(eager, loaded, Path(args.run))
     for batch in (int(b) for b in args.batches.split(",")):
         feed = fixed_length_feed(loaded.tokenizer, texts, batch, args.sequence)
         backends = [torch_backend("pytorch-fp32", eager, feed), torch_backend("pytorch-bf16", eager, feed, autocast_bf16=True)]
@@ -93,7 +105,7 @@ def main() -> None:
         baseline = summary(times["pytorch-fp32"], batch, args.sequence)
         for backend in backends:
             row = {"backend": backend.name, "batch": batch, "device": backend.device, "size_mb": backend.size_mb,
-                   "accuracy": metrics.get(backend.name, metrics["pytorch-fp32"] if backend.name.startswith("pytorch") else None),
+                   "accuracy": metrics.get(backend.name),
                    **summary(times[backend.name], batch, args.sequence)}
             row["speedup_vs_pytorch_fp32"] = baseline["p50_ms"] / row["p50_ms"]
             results["rows"].append(row)

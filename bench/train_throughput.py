@@ -126,7 +126,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Training throughput: peftstd recipe vs transformers Trainer + peft", "", f"`{report['command']}`", "",
+    lines = ["# Training throughput: peftstd recipe vs transformers Trainer + peft", "", f"`{report['command']}`", "",
              f"{report['machine']['cpu']}, {report['machine']['cores']} cores ({', '.join(report['machine']['isa'])}); commit {report['git'][:10]}; "
              f"{args.train_samples} training snippets, 1 epoch, batch 32, max length 64, LoRA r=16 on all linear layers; "
              f"{args.rounds} alternating rounds, means below.", "",

@@ -272,7 +272,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
         point_latest(run_dir)
         if writer:
             writer.close()
-        print(f"test: " + ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
+        print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
         print(f"run directory: {run_dir}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

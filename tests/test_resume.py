@@ -74,7 +74,7 @@ def test_resume_flag_without_unfinished_run_is_a_one_line_error(tmp_path):
 
 
 class SingleProcess:
-    is_main_process, num_processes, process_index = True, 1, 0
+    is_main_process, num_processes, process_index, scaler = True, 1, 0, None
 
     def wait_for_everyone(self):
         pass

@@ -7,7 +7,6 @@ half an artifact. A failed gate still writes the folder, with `export.json` mark
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -50,12 +49,10 @@ def check_request(run_dir: Path, profile: ExportProfile) -> None:
 
 
 def export_run(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
-    import numpy as np
-
+    """Run every stage for `run_dir` into `out_dir`; 0 when the gate passed, 1 when it failed."""
     from peftstd.data.cache import sha256_file
-    from peftstd.export import quantize
     from peftstd.export.heldout import run_splits, task_data
-    from peftstd.export.inference import batches, onnx_logits, onnx_session, torch_logits
+    from peftstd.export.inference import onnx_logits, onnx_session, torch_logits
     from peftstd.export.merge import max_abs_difference, merge
     from peftstd.export.onnx_export import export_onnx, op_histogram, optimize_graph
     from peftstd.export.verify import judge, metric_points, worst_initializer

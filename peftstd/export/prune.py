@@ -18,7 +18,6 @@ It supports BERT-style encoders (`model.base_model.encoder.layer[i].attention/in
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch

@@ -44,7 +44,7 @@ class BottleneckAdapter(Method):
         except ImportError:
             raise ConfigError(
                 f"method 'adapter' does not support {model_type!r} models (AdapterHub adapters); use lora or full instead"
-            )
+            ) from None
 
     def apply(self, model, cfg, task, total_steps):
         import adapters

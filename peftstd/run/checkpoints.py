@@ -4,6 +4,7 @@
         trainable.safetensors   parameters with requires_grad (the whole model for full fine-tuning)
         optimizer.pt            AdamW moments
         scheduler.pt            learning-rate schedule position
+        scaler.pt               fp16 gradient-scaler state (fp16 runs only)
         method.pt               method state (AdaLoRA's importance scores and rank pattern)
         best.pt                 the best-so-far snapshot (restored before the test evaluation)
         rng.pt                  python/numpy/torch RNG states of every process, gathered to rank 0
@@ -93,6 +94,8 @@ class Checkpoints:
                 save_file(trainable_state(model), tmp / "trainable.safetensors")
                 torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
                 torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+                if self.accelerator.scaler is not None:
+                    torch.save(self.accelerator.scaler.state_dict(), tmp / "scaler.pt")
                 torch.save(method.state_dict(model), tmp / "method.pt")
                 torch.save(best_snapshot, tmp / "best.pt")
                 torch.save(rng, tmp / "rng.pt")
@@ -135,6 +138,8 @@ class Checkpoints:
                 parameters[name].copy_(value)
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        if self.accelerator.scaler is not None and (path / "scaler.pt").is_file():
+            self.accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
         method.load_state_dict(model, torch.load(path / "method.pt", weights_only=False))
         rng = torch.load(path / "rng.pt", weights_only=False)
         if len(rng) != self.accelerator.num_processes:

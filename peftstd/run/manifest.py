@@ -24,6 +24,7 @@ PACKAGES = (
     "torch", "transformers", "peft", "accelerate", "adapters", "tokenizers", "safetensors",
     "datasets", "numpy", "scikit-learn", "pydantic", "onnx", "onnxruntime", "optimum", "optimum-onnx",
 )
+LAUNCHER_VARS = ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS")
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
 
 
@@ -93,6 +94,8 @@ def base_manifest() -> dict[str, Any]:
         "peftstd_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
+        # A launcher (accelerate launch, torchrun) is invisible in argv; its environment says what it set up.
+        "launcher_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("ACCELERATE_") or k in LAUNCHER_VARS},
         "cwd": os.getcwd(),
         "git": git_commit(Path(__file__).resolve().parent),
         "packages": package_versions(),

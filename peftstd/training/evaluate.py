@@ -10,7 +10,7 @@ import torch
 def predict(model, loader, order: list[int], accelerator, autocast: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
     """(logits, label ids, mean loss) over a loader built by `eval_loader`, across all processes."""
     model.eval()
-    logits, labels, losses, counts = [], [], [], []
+    logits, labels, losses = [], [], []
     for batch in loader:
         with accelerator.autocast() if autocast else torch.autocast(accelerator.device.type, enabled=False):
             output = model(**batch)
