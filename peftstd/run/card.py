@@ -1,0 +1,103 @@
+"""`README.md` of a run: a Hugging Face model card (YAML front matter + method, results, use, reproduction)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from peftstd.data.registry import DATASETS
+from peftstd.models.registry import MODELS
+
+LIBRARY = {"full": "transformers", "lora": "peft", "adalora": "peft", "adapter": "adapters"}
+
+
+def front_matter(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    base = MODELS[cfg.model.name].hub_id if cfg.model.name in MODELS else cfg.model.name
+    dataset = cfg.data.source
+    test = metrics["test"]
+    return {
+        "base_model": base,
+        "library_name": LIBRARY[cfg.method],
+        "license": MODELS[cfg.model.name].license if cfg.model.name in MODELS else "other",
+        "datasets": [dataset],
+        "metrics": ["accuracy", "f1", "precision", "recall"],
+        "pipeline_tag": cfg.task.type,
+        "tags": ["peftstd", cfg.task.type, cfg.method],
+        "model-index": [{
+            "name": name,
+            "results": [{
+                "task": {"type": cfg.task.type, "name": cfg.task.type.replace("-", " ").capitalize()},
+                "dataset": {"name": dataset, "type": dataset, "split": "test"},
+                "metrics": [
+                    {"type": "accuracy", "value": round(test["accuracy"], 4), "name": "Accuracy"},
+                    {"type": "f1", "value": round(test["macro_f1"], 4), "name": "Macro F1"},
+                    {"type": "precision", "value": round(test["macro_precision"], 4), "name": "Macro precision"},
+                    {"type": "recall", "value": round(test["macro_recall"], 4), "name": "Macro recall"},
+                ],
+            }],
+        }],
+    }
+
+
+def render_card(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
+    meta = front_matter(name, cfg, manifest, metrics)
+    section = cfg.method_section().model_dump()
+    data_note = DATASETS[cfg.data.source].description if cfg.data.source in DATASETS else f"`{cfg.data.source}`"
+    test = metrics["test"]
+    hyper = {
+        "method": cfg.method, **{f"{cfg.method}.{k}": v for k, v in section.items()},
+        "learning rate": manifest["training"]["learning_rate"], "epochs": cfg.training.epochs,
+        "batch size": f"{cfg.training.batch_size} x {manifest['training']['world_size']} process(es)",
+        "scheduler": cfg.training.scheduler, "precision": manifest["training"]["precision"],
+        "max length": cfg.model.max_length, "seed": cfg.training.seed,
+    }
+    rows = "\n".join(f"| {k} | `{v}` |" for k, v in hyper.items())
+    sizes = manifest["data"]["sizes"]
+    return f"""---
+{yaml.safe_dump(meta, sort_keys=False).strip()}
+---
+
+# {name}
+
+`{meta['base_model']}` fine-tuned for {cfg.task.type} with **{cfg.method}** by peftstd {manifest['peftstd_version']}
+(recipe schema {manifest['schema_version']}). {manifest['parameters']['trainable']:,} of {manifest['parameters']['total']:,}
+parameters were trained ({manifest['parameters']['trainable_percent']:.2f}%).
+
+## Data
+
+{data_note}. Splits: train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']}
+(sha256 of each in `manifest.json`). Labels: {', '.join(manifest['task']['labels'])}.
+
+## Results (test split, final model in float32)
+
+| metric | value |
+|---|---|
+| accuracy | {test['accuracy']:.4f} |
+| macro F1 | {test['macro_f1']:.4f} |
+| macro precision | {test['macro_precision']:.4f} |
+| macro recall | {test['macro_recall']:.4f} |
+
+Best validation {metrics['best']['metric']} {metrics['best']['value']:.4f} at step {metrics['best']['step']}; details in `report.md`.
+
+## Hyperparameters
+
+| setting | value |
+|---|---|
+{rows}
+
+## Intended use and limitations
+
+For {cfg.task.type} of text like the training data: {data_note.split(',')[0]}. It was evaluated on one
+held-out split of {sizes['test']} examples (about ±{100 * (test['accuracy'] * (1 - test['accuracy']) / max(sizes['test'], 1)) ** 0.5:.1f}
+points standard error on accuracy); expect lower accuracy on text from other domains, and check for the biases of
+the base model and the data before use in decisions about people.
+
+## How to reproduce
+
+```
+{manifest['command']}
+```
+
+Package versions, hardware and hashes are in `manifest.json`; the resolved config is `config.yaml`.
+"""
