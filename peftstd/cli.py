@@ -99,6 +99,29 @@ def parse_ints(text: str, flag: str) -> list[int]:
     return values
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from peftstd.evaluation.evaluate import HEADLINE, compare_targets, evaluate_target, markdown, public
+    from peftstd.run.atomic import write_json, write_text
+
+    targets = [Path(args.target)] + ([Path(args.compare)] if args.compare else [])
+    results = [evaluate_target(t, args.data, args.split, args.artifact if i == 0 else None, args.resamples) for i, t in enumerate(targets)]
+    comparison = compare_targets(results[0], results[1], args.resamples) if args.compare else None
+    out = Path(args.out) if args.out else targets[0] / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "eval.json", {"results": [public(r) for r in results], "comparison": comparison})
+    write_text(out / "eval.md", markdown(results, comparison))
+    for r in results:
+        print(f"{r['evaluated']}: " + ", ".join(f"{m} {r['metrics'][m]:.4f} [95% CI {r['ci95'][m][0]:.4f}-{r['ci95'][m][1]:.4f}]"
+                                                 for m in HEADLINE) + f" (n={r['examples']})")
+    for m, c in (comparison or {}).items():
+        print(f"difference in {m}: {c['difference']:+.4f} (95% CI {c['ci95'][0]:+.4f} to {c['ci95'][1]:+.4f}), paired bootstrap p={c['p_value']:.3f}")
+    print(f"written: {out / 'eval.json'}, {out / 'eval.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftstd", description="A standard process for fine-tuning and shipping NLP transformers.")
     parser.add_argument("--version", action="version", version=f"peftstd {__version__}")
@@ -133,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="+", help="texts to classify")
     predict.add_argument("--artifact", default="model.onnx", help="artifact file in the folder (default %(default)s)")
     predict.set_defaults(func=cmd_predict)
+
+    evaluate = sub.add_parser("eval", help="standard metrics with bootstrap intervals for a run or exported artifact")
+    evaluate.add_argument("target", help="run directory or export folder")
+    evaluate.add_argument("--data", help="data source (registry name, file, hub id); default: the run's own data")
+    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"], help="split of the run's data (default test)")
+    evaluate.add_argument("--artifact", help="artifact file of an export folder (default model.onnx)")
+    evaluate.add_argument("--compare", metavar="TARGET_B", help="a second run or export, compared by paired bootstrap")
+    evaluate.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
+    evaluate.add_argument("--out", help="folder for eval.json and eval.md (default TARGET/eval)")
+    evaluate.set_defaults(func=cmd_eval)
 
     bench = sub.add_parser("bench", help="latency/throughput of every backend of a run or export, side by side")
     bench.add_argument("target", nargs="?", help="run directory or export folder")

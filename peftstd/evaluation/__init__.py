@@ -1,0 +1,1 @@
+"""Evaluation of runs and exported artifacts: metrics with bootstrap intervals, paired comparisons."""

@@ -1,0 +1,119 @@
+"""`peftstd eval RUN|EXPORT`: the task's standard metrics on any data the schema can describe.
+
+PyTorch runs and ONNX artifacts go through the same batching and metric code, so their numbers compare.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from peftstd.errors import UserError
+
+HEADLINE = ("accuracy", "macro_f1")
+
+
+@dataclass
+class Predictor:
+    """What is evaluated: a name, and logits for a `TaskData`."""
+
+    name: str
+    run_dir: Path
+    logits: object  # Callable[[TaskData], np.ndarray]
+
+
+def predictor(target: Path, artifact: str | None) -> Predictor:
+    from peftstd.export.inference import onnx_logits, onnx_session, torch_logits
+    from peftstd.run.load import load_run
+
+    if (target / "export.json").is_file():
+        report = json.loads((target / "export.json").read_text())
+        file = artifact or "model.onnx"
+        if not (target / file).is_file():
+            raise UserError(f"{target / file} does not exist; artifacts: {', '.join(sorted(p.name for p in target.glob('*.onnx')))}")
+        from transformers import AutoTokenizer
+
+        tokenizer, session = AutoTokenizer.from_pretrained(target), onnx_session(target / file)
+        return Predictor(f"{target.name}/{file}", Path(report["source_run"]),
+                         lambda data: onnx_logits(session, tokenizer, data, 32, report["max_length"]))
+    if (target / "manifest.json").is_file():
+        if artifact:
+            raise UserError("--artifact applies to export folders only")
+        loaded = load_run(target)
+        max_length = json.loads((target / "manifest.json").read_text())["data"]["max_length"]
+        return Predictor(target.name, target, lambda data: torch_logits(loaded.model, loaded.tokenizer, data, 32, max_length))
+    raise UserError(f"{str(target)!r} is neither a finished run (manifest.json) nor an export folder (export.json)")
+
+
+def evaluation_data(run_dir: Path, data_spec: str | None, split: str):
+    """The labelled examples to score: a split of the run's own data, or every row of another source."""
+    from peftstd.config import load_config
+    from peftstd.data import load_splits
+    from peftstd.data.sources import read_source
+    from peftstd.export.heldout import task_data
+    from peftstd.tasks import get_task
+
+    cfg = load_config(run_dir / "config.yaml")
+    labels = json.loads((run_dir / "labels.json").read_text())
+    if data_spec is None:
+        rows = dict(load_splits(cfg.data).items())[split]
+        source = f"{cfg.data.source} [{split}]"
+    else:
+        bad: list[str] = []
+        named = read_source(data_spec, cfg.data, bad)
+        rows = named.get(split) or named["train"]
+        if bad:
+            raise UserError(f"{len(bad)} row(s) of {data_spec} have no text or label ({', '.join(bad[:3])})")
+        source = data_spec
+    unknown = sorted({r.label for r in rows} - set(labels))
+    if unknown:
+        raise UserError(f"labels {unknown} of {source} are not among the model's labels {labels}")
+    return task_data(rows, labels), source, get_task(cfg.task.type)
+
+
+def evaluate_target(target: Path, data_spec: str | None, split: str, artifact: str | None, resamples: int = 1000) -> dict:
+    from peftstd.evaluation.bootstrap import interval
+
+    model = predictor(target, artifact)
+    data, source, task = evaluation_data(model.run_dir, data_spec, split)
+    logits = model.logits(data)
+    metrics = task.metrics(logits, data.label_ids)
+    intervals = {name: interval(lambda idx, name=name: task.metrics(logits[idx], data.label_ids[idx])[name], len(data.texts), resamples)
+                 for name in HEADLINE}
+    return {"target": str(target), "evaluated": model.name, "data": source, "examples": len(data.texts), "metrics": metrics,
+            "ci95": intervals, "resamples": resamples, "_logits": logits, "_labels": data.label_ids, "_task": task}
+
+
+def compare_targets(first: dict, second: dict, resamples: int = 1000) -> dict:
+    from peftstd.evaluation.bootstrap import paired_test
+
+    if not np.array_equal(first["_labels"], second["_labels"]):
+        raise UserError("the two targets were evaluated on different examples; give both the same --data and --split")
+    task = first["_task"]
+    out = {}
+    for name in HEADLINE:
+        out[name] = paired_test(lambda idx: task.metrics(first["_logits"][idx], first["_labels"][idx])[name],
+                                lambda idx: task.metrics(second["_logits"][idx], second["_labels"][idx])[name],
+                                len(first["_labels"]), resamples)
+    return out
+
+
+def public(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def markdown(results: list[dict], comparison: dict | None) -> str:
+    lines = [f"# peftstd eval on {results[0]['data']} ({results[0]['examples']} examples)", "",
+             "| target | " + " | ".join(f"{m} (95% CI)" for m in HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
+    for r in results:
+        cells = [f"{r['metrics'][m]:.4f} [{r['ci95'][m][0]:.4f}, {r['ci95'][m][1]:.4f}]" for m in HEADLINE]
+        lines.append(f"| {r['evaluated']} | " + " | ".join(cells) + " |")
+    if comparison:
+        lines += ["", f"Paired bootstrap, {results[1]['evaluated']} minus {results[0]['evaluated']}:", "",
+                  "| metric | difference | 95% CI | p-value |", "|---|---|---|---|"]
+        for m, c in comparison.items():
+            lines.append(f"| {m} | {c['difference']:+.4f} | [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] | {c['p_value']:.3f} |")
+    return "\n".join(lines) + "\n"

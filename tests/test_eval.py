@@ -1,0 +1,48 @@
+"""`peftstd eval`: the same metrics and intervals for a run and its export; paired bootstrap comparison."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from conftest import peftstd
+from peftstd.evaluation.bootstrap import interval, paired_test
+
+
+def test_run_and_export_get_the_same_metrics_intervals_and_a_paired_comparison(trained, exported, tmp_path):
+    result = peftstd("eval", str(trained["lora"]), "--compare", str(exported), "--resamples", "200", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "eval.json").read_text())
+    run, artifact = report["results"]
+    assert run["metrics"].keys() == artifact["metrics"].keys() and run["examples"] == artifact["examples"] == 24
+    for r in (run, artifact):
+        for name, (low, high) in r["ci95"].items():
+            assert low <= r["metrics"][name] <= high
+    assert run["metrics"]["accuracy"] == artifact["metrics"]["accuracy"]  # fp32 ONNX: the same predictions
+    assert report["comparison"]["accuracy"]["difference"] == 0.0 and report["comparison"]["accuracy"]["p_value"] == 1.0
+    assert "paired bootstrap p=" in result.stdout and (tmp_path / "eval.md").is_file()
+
+
+def test_eval_of_an_int8_artifact_on_another_split(exported, tmp_path):
+    result = peftstd("eval", str(exported), "--artifact", "model.int8.onnx", "--split", "validation", "--resamples", "100", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "model.int8.onnx" in result.stdout and "(n=24)" in result.stdout
+
+
+def test_eval_refuses_what_it_cannot_evaluate(trained, tmp_path):
+    assert peftstd("eval", str(tmp_path)).returncode == 2
+    bad = peftstd("eval", str(trained["lora"]), "--artifact", "model.onnx")
+    assert bad.returncode == 2 and "--artifact applies to export folders only" in bad.stderr
+
+
+def test_paired_bootstrap_separates_a_real_difference_from_none():
+    correct_a = np.array([1, 0] * 100)  # 50% right
+    correct_b = np.ones(200)  # 100% right
+    accuracy_a, accuracy_b = (lambda idx: correct_a[idx].mean()), (lambda idx: correct_b[idx].mean())
+    clear = paired_test(accuracy_a, accuracy_b, 200, resamples=500)
+    assert clear["difference"] == 0.5 and clear["p_value"] < 0.01 and clear["ci95"][0] > 0
+    same = paired_test(accuracy_a, accuracy_a, 200, resamples=500)
+    assert same["difference"] == 0.0 and same["p_value"] == 1.0
+    low, high = interval(accuracy_a, 200, resamples=500)
+    assert low < 0.5 < high
