@@ -100,7 +100,6 @@ def parse_ints(text: str, flag: str) -> list[int]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from peftstd.evaluation.evaluate import HEADLINE, compare_targets, evaluate_target, markdown, public

@@ -95,8 +95,8 @@ def compare_targets(first: dict, second: dict, resamples: int = 1000) -> dict:
     task = first["_task"]
     out = {}
     for name in HEADLINE:
-        out[name] = paired_test(lambda idx: task.metrics(first["_logits"][idx], first["_labels"][idx])[name],
-                                lambda idx: task.metrics(second["_logits"][idx], second["_labels"][idx])[name],
+        out[name] = paired_test(lambda idx, name=name: task.metrics(first["_logits"][idx], first["_labels"][idx])[name],
+                                lambda idx, name=name: task.metrics(second["_logits"][idx], second["_labels"][idx])[name],
                                 len(first["_labels"]), resamples)
     return out
 
