@@ -121,6 +121,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from peftstd.evaluation.explain import explain_text, print_explanation, write_html
+    from peftstd.run.load import load_run
+
+    loaded = load_run(Path(args.run))
+    if loaded.manifest["task"]["type"] != "text-classification":
+        raise UserError(f"explain supports text-classification runs; this run is {loaded.manifest['task']['type']}")
+    results = [explain_text(loaded, text, args.steps, loaded.manifest["data"]["max_length"]) for text in args.texts]
+    for result in results:
+        print_explanation(result)
+    if args.html:
+        write_html(results, Path(args.html), f"peftstd explain: {Path(args.run).name}")
+        print(f"written: {args.html}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftstd", description="A standard process for fine-tuning and shipping NLP transformers.")
     parser.add_argument("--version", action="version", version=f"peftstd {__version__}")
@@ -165,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
     evaluate.add_argument("--out", help="folder for eval.json and eval.md (default TARGET/eval)")
     evaluate.set_defaults(func=cmd_eval)
+
+    explain = sub.add_parser("explain", help="Integrated Gradients token attributions for a run's predictions")
+    explain.add_argument("run", help="run directory")
+    explain.add_argument("texts", nargs="+", help="texts to explain")
+    explain.add_argument("--steps", type=int, default=64, help="integration steps (default %(default)s)")
+    explain.add_argument("--html", help="write a self-contained HTML page here")
+    explain.add_argument("--json", help="write the attributions as JSON here")
+    explain.set_defaults(func=cmd_explain)
 
     bench = sub.add_parser("bench", help="latency/throughput of every backend of a run or export, side by side")
     bench.add_argument("target", nargs="?", help="run directory or export folder")
