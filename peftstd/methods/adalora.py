@@ -14,7 +14,7 @@ from peftstd.methods.lora import PeftMethod
 
 
 class AdaLoraSection(Section):
-    recommended_learning_rate: ClassVar[float] = 5e-4
+    recommended_learning_rate: ClassVar[float] = 2e-3
     init_rank: int = Field(12, ge=1, le=1024, description="Initial rank of every AdaLoRA matrix before budget reallocation.")
     target_rank: int = Field(8, ge=1, le=1024, description="Average rank kept after reallocation.")
     alpha: float = Field(32.0, gt=0, description="Scaling numerator, as for LoRA.")
