@@ -32,8 +32,7 @@ def summary(seconds: list[float], batch: int, sequence: int) -> dict[str, float]
 
 def fixed_length_feed(tokenizer, texts: list[str], batch: int, sequence: int) -> dict[str, np.ndarray]:
     """A batch of real text, every row exactly `sequence` tokens (no padding), like a full-length request."""
-    joined = " ".join(texts)
-    ids = tokenizer(joined, add_special_tokens=False)["input_ids"]
+    ids = [token for row in tokenizer(texts, add_special_tokens=False)["input_ids"] for token in row]
     rows = []
     for b in range(batch):
         start = (b * (sequence - 2)) % max(1, len(ids) - sequence)
