@@ -17,7 +17,6 @@ import json
 import shlex
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from peftstd.bench.backends import onnx_backend, torch_backend  # noqa: E402
 from peftstd.bench.timing import fixed_length_feed, interleaved, summary  # noqa: E402
 from peftstd.export.merge import merge  # noqa: E402
+from peftstd.export.pipeline import scratch_directory  # noqa: E402
 from peftstd.run.load import load_run  # noqa: E402
 from peftstd.run.manifest import hardware, package_versions  # noqa: E402
 
@@ -78,6 +78,13 @@ def main() -> None:
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--no-optimum", action="store_true", help="skip optimum's pipeline")
     args = parser.parse_args()
+    args.run, args.out = str(Path(args.run).resolve()), str(Path(args.out).resolve())
+    args.exports = [str(Path(e).resolve()) for e in args.exports]
+    with scratch_directory() as scratch:  # ONNX Runtime's tools drop uuid-named files in the working directory
+        run_benchmark(args, scratch)
+
+
+def run_benchmark(args, scratch: Path) -> None:
     torch.set_num_threads(args.threads)
 
     loaded = load_run(args.run)
@@ -87,7 +94,7 @@ def main() -> None:
                "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
                "sequence": args.sequence, "threads": args.threads, "rows": []}
     metrics = {"pytorch-fp32": json.loads((Path(args.run) / "metrics.json").read_text())["test"]["accuracy"]}
-    optimum = {} if args.no_optimum else optimum_pipeline(loaded, Path(args.run), Path(tempfile.mkdtemp()))
+    optimum = {} if args.no_optimum else optimum_pipeline(loaded, Path(args.run), scratch)
     for name, path in optimum.items():
         metrics[name] = onnx_accuracy(path, loaded, Path(args.run))
     metrics["pytorch-bf16"] = bf16_accuracy(eager, loaded, Path(args.run))

@@ -7,7 +7,9 @@ half an artifact. A failed gate still writes the folder, with `export.json` mark
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,8 +50,30 @@ def check_request(run_dir: Path, profile: ExportProfile) -> None:
             raise UserError(f"--format tensorrt needs {' and '.join(missing)}; use --format onnx on this machine")
 
 
+@contextlib.contextmanager
+def scratch_directory():
+    """A temporary working directory for the whole export, removed afterwards.
+
+    ONNX Runtime's quantization tools save intermediate models with external data under uuid file
+    names relative to the current directory; without this they pile up in the user's folder.
+    """
+    previous = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="peftstd-export-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield Path(scratch)
+        finally:
+            os.chdir(previous)
+
+
 def export_run(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
     """Run every stage for `run_dir` into `out_dir`; 0 when the gate passed, 1 when it failed."""
+    run_dir, out_dir = Path(run_dir).resolve(), Path(out_dir).resolve()
+    with scratch_directory():
+        return run_stages(run_dir, out_dir, profile)
+
+
+def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
     from peftstd.data.cache import sha256_file
     from peftstd.export.heldout import run_splits, task_data
     from peftstd.export.inference import onnx_logits, onnx_session, torch_logits
@@ -164,8 +188,6 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
     the test split the gate uses; the search aims at half the budget, since the gate's test split is
     another sample and an artifact that only just fits on one sample fails on the other half the time.
     """
-    import tempfile
-
     import numpy as np
 
     from peftstd.export import quantize
@@ -173,7 +195,7 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
     from peftstd.export.inference import batches, onnx_logits, onnx_session
     from peftstd.export.verify import metric_points
 
-    work = Path(tempfile.mkdtemp())
+    work = Path(tempfile.mkdtemp(dir=Path.cwd()))  # inside the export's scratch directory
     prepared = quantize.preprocess(fp32_path, work / "prepared.onnx")
     input_names = {i.name for i in onnx_session(fp32_path).get_inputs()}
     longest = max(len(ids) for ids in loaded.tokenizer(calibration.texts, calibration.pairs, truncation=True, max_length=max_length)["input_ids"])
