@@ -46,3 +46,13 @@ def test_paired_bootstrap_separates_a_real_difference_from_none():
     assert same["difference"] == 0.0 and same["p_value"] == 1.0
     low, high = interval(accuracy_a, 200, resamples=500)
     assert low < 0.5 < high
+
+
+def test_eval_on_another_data_file_uses_all_of_its_rows(trained, tmp_path):
+    from conftest import synthetic_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "other.jsonl", synthetic_rows(30, seed=7))
+    result = peftstd("eval", str(trained["lora"]), "--data", str(data), "--resamples", "50", "--out", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["results"][0]["examples"] == 30 and report["results"][0]["data"] == str(data)

@@ -51,17 +51,17 @@ def predictor(target: Path, artifact: str | None) -> Predictor:
 def evaluation_data(run_dir: Path, data_spec: str | None, split: str):
     """The labelled examples to score: a split of the run's own data, or every row of another source."""
     from peftstd.config import load_config
-    from peftstd.data import load_splits
     from peftstd.data.sources import read_source
-    from peftstd.export.heldout import task_data
+    from peftstd.export.heldout import run_splits, task_data
     from peftstd.tasks import get_task
 
-    cfg = load_config(run_dir / "config.yaml")
     labels = json.loads((run_dir / "labels.json").read_text())
     if data_spec is None:
-        rows = dict(load_splits(cfg.data).items())[split]
+        cfg, splits = run_splits(run_dir, json.loads((run_dir / "manifest.json").read_text()))  # sha256-checked
+        rows = dict(splits.items())[split]
         source = f"{cfg.data.source} [{split}]"
     else:
+        cfg = load_config(run_dir / "config.yaml")
         bad: list[str] = []
         named = read_source(data_spec, cfg.data, bad)
         rows = named.get(split) or named["train"]
