@@ -24,6 +24,18 @@ def test_export_writes_the_artifacts_and_a_passing_gate(exported):
     assert report["files"]["model.onnx"] and report["ops"]["model.onnx"]
 
 
+def test_export_card_carries_the_gate_figures(exported):
+    import yaml
+
+    card = (exported / "README.md").read_text()
+    report = json.loads((exported / "export.json").read_text())
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["library_name"] == "onnx" and "peftstd-export" in meta["tags"]
+    for record in report["gate"]["artifacts"]:
+        assert f"| `{record['file']}` | {record['artifact']} | {record['value']:.4f} |" in card
+    assert "Export **passed**" in card
+
+
 def test_onnx_axes_are_dynamic(exported):
     graph = onnx.load(str(exported / "model.onnx")).graph
     for graph_input in graph.input:

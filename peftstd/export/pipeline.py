@@ -80,7 +80,8 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
     from peftstd.export.merge import max_abs_difference, merge
     from peftstd.export.onnx_export import export_onnx, op_histogram, optimize_graph
     from peftstd.export.verify import judge, metric_points, worst_initializer
-    from peftstd.run.atomic import replace_dir, write_json
+    from peftstd.run.atomic import replace_dir, write_json, write_text
+    from peftstd.run.card import render_export_card
     from peftstd.run.load import load_run
     from peftstd.tasks import get_task
 
@@ -173,6 +174,8 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
             "files": {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()},
         })
         write_json(folder / "export.json", report)
+        run_card = run_dir / "README.md"
+        write_text(folder / "README.md", render_export_card(report, run_card.read_text() if run_card.is_file() else None))
         return 0 if passed else GATE_FAILED_EXIT_CODE
 
     result = {}

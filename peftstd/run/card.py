@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -100,4 +101,44 @@ the base model and the data before use in decisions about people.
 ```
 
 Package versions, hardware and hashes are in `manifest.json`; the resolved config is `config.yaml`.
+"""
+
+
+def gate_row(record: dict[str, Any], sizes_mb: dict[str, float]) -> str:
+    parity = f"{record['max_abs_logit_difference']:.1e}" if "max_abs_logit_difference" in record else "-"
+    return (f"| `{record['file']}` | {record['artifact']} | {record['value']:.4f} | {record['drop_points']:+.2f} | {parity} | "
+            f"{sizes_mb[record['file']]:.1f} | {'pass' if record['passed'] else 'FAIL'} |")
+
+
+def render_export_card(report: dict[str, Any], run_card: str | None) -> str:
+    """`README.md` of an export folder: the run's front matter plus what the export did and proved."""
+    gate = report["gate"]
+    meta = yaml.safe_load(run_card.split("---\n")[1]) if run_card and run_card.startswith("---\n") else {}
+    meta = {**meta, "library_name": "onnx", "tags": sorted(set(meta.get("tags", [])) | {"onnx", "peftstd-export"})}
+    rows = "\n".join(gate_row(record, report["sizes_mb"]) for record in gate["artifacts"])
+    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report["timings_s"].items())
+    kept = {name: a.get("kept_in_float", []) for name, a in report["stages"].get("quantize", {}).get("artifacts", {}).items()}
+    prune = report["stages"].get("prune")
+    prune_line = (f"Structured pruning removed {100 * prune['flops_reduction']:.0f}% of encoder FLOPs "
+                  f"({prune['parameters_before']:,} -> {prune['parameters_after']:,} parameters).\n\n") if prune else ""
+    return f"""---
+{yaml.safe_dump(meta, sort_keys=False).strip() if meta else "library_name: onnx"}
+---
+
+# ONNX export of `{Path(report['source_run']).name}`
+
+Export **{report['status']}**: every artifact was run on the source run's held-out test split ({gate['examples']} examples)
+against the trained PyTorch model (accuracy {gate['trained_metric']:.4f}); budget {gate['budget_points']} points, fp32 parity
+tolerance {gate['parity_tolerance']:.0e} max-abs logits.
+
+| file | artifact | test accuracy | drop (points) | max abs logit difference | size MB | gate |
+|---|---|---|---|---|---|---|
+{rows}
+
+{prune_line}Merge: {report['stages']['merge']['how']} (max logit difference {report['stages']['merge']['max_abs_logit_difference']:.1e}).
+MatMuls kept in float by the sensitivity pass: {kept or 'none'}. Stage times: {stages}.
+
+Load it without peftstd: `onnxruntime.InferenceSession("model.onnx")` with this folder's tokenizer, or
+`optimum.onnxruntime.ORTModelForSequenceClassification.from_pretrained(folder, file_name="model.onnx")`.
+Speed on your machine: `peftstd bench` on this folder. Everything above is in `export.json`.
 """
