@@ -46,24 +46,26 @@ def optimum_pipeline(loaded, run: Path, work: Path) -> dict[str, Path]:
     return {"optimum/fp32": work / "optimum-fp32" / "model.onnx", "optimum/int8": next((work / "optimum-int8").glob("*.onnx"))}
 
 
-def onnx_accuracy(path: Path, loaded, run: Path) -> float:
+def held_out_test(loaded, run: Path):
+    """(test data, max length) of the run, rebuilt once and checked against its manifest."""
     from peftstd.export.heldout import run_splits, task_data
-    from peftstd.export.inference import onnx_logits, onnx_session
 
     cfg, splits = run_splits(run, loaded.manifest)
-    test = task_data(splits.test, loaded.labels)
-    logits = onnx_logits(onnx_session(path), loaded.tokenizer, test, 32, cfg.model.max_length)
+    return task_data(splits.test, loaded.labels), cfg.model.max_length
+
+
+def onnx_accuracy(path: Path, loaded, test, max_length: int) -> float:
+    from peftstd.export.inference import onnx_logits, onnx_session
+
+    logits = onnx_logits(onnx_session(path), loaded.tokenizer, test, 32, max_length)
     return float((logits.argmax(-1) == test.label_ids).mean())
 
 
-def bf16_accuracy(model, loaded, run: Path) -> float:
-    from peftstd.export.heldout import run_splits, task_data
+def bf16_accuracy(model, loaded, test, max_length: int) -> float:
     from peftstd.export.inference import torch_logits
 
-    cfg, splits = run_splits(run, loaded.manifest)
-    test = task_data(splits.test, loaded.labels)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = torch_logits(model, loaded.tokenizer, test, 32, cfg.model.max_length)
+        logits = torch_logits(model, loaded.tokenizer, test, 32, max_length)
     return float((logits.argmax(-1) == test.label_ids).mean())
 
 
@@ -95,9 +97,10 @@ def run_benchmark(args, scratch: Path) -> None:
                "sequence": args.sequence, "threads": args.threads, "rows": []}
     metrics = {"pytorch-fp32": json.loads((Path(args.run) / "metrics.json").read_text())["test"]["accuracy"]}
     optimum = {} if args.no_optimum else optimum_pipeline(loaded, Path(args.run), scratch)
+    test, max_length = held_out_test(loaded, Path(args.run))
     for name, path in optimum.items():
-        metrics[name] = onnx_accuracy(path, loaded, Path(args.run))
-    metrics["pytorch-bf16"] = bf16_accuracy(eager, loaded, Path(args.run))
+        metrics[name] = onnx_accuracy(path, loaded, test, max_length)
+    metrics["pytorch-bf16"] = bf16_accuracy(eager, loaded, test, max_length)
     for batch in (int(b) for b in args.batches.split(",")):
         feed = fixed_length_feed(loaded.tokenizer, texts, batch, args.sequence)
         backends = [torch_backend("pytorch-fp32", eager, feed), torch_backend("pytorch-bf16", eager, feed, autocast_bf16=True)]

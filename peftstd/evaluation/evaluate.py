@@ -31,12 +31,12 @@ def predictor(target: Path, artifact: str | None) -> Predictor:
 
     if (target / "export.json").is_file():
         report = json.loads((target / "export.json").read_text())
-        file = artifact or "model.onnx"
-        if not (target / file).is_file():
-            raise UserError(f"{target / file} does not exist; artifacts: {', '.join(sorted(p.name for p in target.glob('*.onnx')))}")
         from transformers import AutoTokenizer
 
-        tokenizer, session = AutoTokenizer.from_pretrained(target), onnx_session(target / file)
+        from peftstd.export.predict import artifact_path
+
+        file = artifact or "model.onnx"
+        tokenizer, session = AutoTokenizer.from_pretrained(target), onnx_session(artifact_path(target, file))
         return Predictor(f"{target.name}/{file}", Path(report["source_run"]),
                          lambda data: onnx_logits(session, tokenizer, data, 32, report["max_length"]))
     if (target / "manifest.json").is_file():

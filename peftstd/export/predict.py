@@ -10,15 +10,21 @@ import numpy as np
 from peftstd.errors import UserError
 
 
+def artifact_path(export_dir: Path, artifact: str) -> Path:
+    """The artifact file in an export folder, or a one-line error listing the ones there are."""
+    path = export_dir / artifact
+    if not path.is_file():
+        available = sorted(p.name for p in export_dir.glob("*.onnx")) if export_dir.is_dir() else []
+        raise UserError(f"{str(path)!r} does not exist; artifacts here: {', '.join(available) or 'none'}")
+    return path
+
+
 def predict(export_dir: Path, texts: list[str], artifact: str = "model.onnx") -> list[dict]:
     from transformers import AutoTokenizer
 
     from peftstd.export.inference import onnx_session
 
-    path = export_dir / artifact
-    if not path.is_file():
-        available = sorted(p.name for p in export_dir.glob("*.onnx")) if export_dir.is_dir() else []
-        raise UserError(f"{str(path)!r} does not exist; artifacts here: {', '.join(available) or 'none'}")
+    path = artifact_path(export_dir, artifact)
     info = json.loads((export_dir / "export.json").read_text())
     labels = json.loads((export_dir / "labels.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(export_dir)
