@@ -8,6 +8,10 @@ eager fp32, PyTorch bf16 autocast, every ONNX artifact of each export folder, an
 pipeline on the same run (ORTModelForSequenceClassification export + ORTQuantizer dynamic int8 with
 its AVX512-VNNI config: the Hugging Face anchor). Test accuracy comes from each export's gate, and
 for optimum's artifacts from the same test split. Writes NAME.json and NAME.md.
+
+peftstd artifacts run with the session settings recorded in their export.json. So that the table
+shows what those settings are worth, the int8-dynamic artifact also runs with ONNX Runtime's
+defaults, and optimum's int8 model also runs with peftstd's settings.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peftstd.bench.backends import onnx_backend, torch_backend  # noqa: E402
 from peftstd.bench.timing import fixed_length_feed, interleaved, summary  # noqa: E402
+from peftstd.export.inference import runtime_settings  # noqa: E402
 from peftstd.export.merge import merge  # noqa: E402
 from peftstd.export.pipeline import scratch_directory  # noqa: E402
 from peftstd.run.load import load_run  # noqa: E402
@@ -110,7 +115,14 @@ def run_benchmark(args, scratch: Path) -> None:
                 name = f"{export.name}/{record['artifact']}"
                 backends.append(onnx_backend(name, export / record["file"], feed, args.threads))
                 metrics[name] = record["value"]
+                if record["artifact"] == "int8-dynamic" and runtime_settings(export).get("disabled_optimizers"):
+                    backends.append(onnx_backend(f"{name} (ORT defaults)", export / record["file"], feed, args.threads, []))
+                    metrics[f"{name} (ORT defaults)"] = record["value"]
         backends += [onnx_backend(name, path, feed, args.threads) for name, path in optimum.items()]
+        disabled = next((runtime_settings(Path(e)).get("disabled_optimizers") for e in args.exports), None)
+        if "optimum/int8" in optimum and disabled:
+            backends.append(onnx_backend("optimum/int8 (peftstd session)", optimum["optimum/int8"], feed, args.threads, disabled))
+            metrics["optimum/int8 (peftstd session)"] = metrics["optimum/int8"]
         times = interleaved(backends, repeats=max(5, args.repeats // max(1, batch // 4)))
         baseline = summary(times["pytorch-fp32"], batch, args.sequence)
         for backend in backends:

@@ -61,6 +61,9 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.models import resolve_model
     from peftstd.models.parameters import parameter_counts
     from peftstd.models.registry import check_max_length, weights_sha256
+    from peftstd.regularization.augment import augment_examples
+    from peftstd.regularization.dropout import dropout_overrides
+    from peftstd.regularization.fgm import FGM
     from peftstd.run import atomic, manifest as provenance
     from peftstd.run.banner import print_banner
     from peftstd.run.card import render_card
@@ -97,8 +100,13 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     labels = task.label_names(cfg.task.labels, splits)
     method = get_method(cfg.method)
     method.check_architecture(model_config.model_type)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    regularization = cfg.regularization
+    augmented = augment_examples(splits.train, regularization.augmentation.copies, regularization.augmentation.rate,
+                                 regularization.augmentation.operations, tokenizer, cfg.training.seed)
+    train_rows = splits.train + augmented  # the split itself (and its sha256 in the manifest) stays as read
     steps_per_epoch, total_steps = optimizer_steps(
-        len(splits.train), cfg.training.batch_size, accelerator.num_processes,
+        len(train_rows), cfg.training.batch_size, accelerator.num_processes,
         cfg.training.gradient_accumulation_steps, cfg.training.epochs, cfg.training.max_steps,
     )
     method.check_plan(cfg, total_steps)
@@ -108,12 +116,13 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     resuming = on_main_then_broadcast(accelerator, lambda: decide_run_start(run_dir, to_yaml(cfg), cfg.output.overwrite, resume_requested))
 
     # --- Tokenize: dynamic padding later, so features keep their own lengths ---------------------
-    tokenizer = AutoTokenizer.from_pretrained(base.path)
-    encoded = {split: task.encode(tokenizer, rows, labels, cfg.model.max_length) for split, rows in splits.items()}
+    encoded = {split: task.encode(tokenizer, train_rows if split == "train" else rows, labels, cfg.model.max_length)
+               for split, rows in splits.items()}
     collator = task.collator(tokenizer)
 
     # --- Model, task head and fine-tuning method ----------------------------------------------------
-    model = method.apply(task.load_model(base.path, labels), cfg, task, total_steps)
+    dropout = dropout_overrides(model_config, regularization.dropout)
+    model = method.apply(task.load_model(base.path, labels, **dropout), cfg, task, total_steps)
     parameters = parameter_counts(model)
 
     # --- Optimizer, schedule, loaders ------------------------------------------------------------------
@@ -127,6 +136,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     test_dl, test_order = eval_loader(encoded["test"], collator, cfg.evaluation.batch_size)
     model, optimizer, train_dl, val_dl, test_dl = accelerator.prepare(model, optimizer, train_dl, val_dl, test_dl)
     unwrapped = accelerator.unwrap_model(model)
+    fgm = FGM(unwrapped, regularization.fgm_epsilon) if regularization.fgm_epsilon else None
 
     # --- Run directory (rank 0 writes), or the checkpoint to resume from --------------------------
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.output.keep_last_checkpoints, accelerator)
@@ -160,8 +170,11 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
         batches = accelerator.skip_first_batches(train_dl, state.batches_in_epoch) if state.batches_in_epoch else train_dl
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = task.loss(model, batch, regularization.label_smoothing)
                 accelerator.backward(loss)
+                if fgm and fgm.perturb():  # second pass on adversarially perturbed embeddings; gradients add up
+                    accelerator.backward(task.loss(model, batch, regularization.label_smoothing))
+                    fgm.clear()
                 if accelerator.sync_gradients and cfg.training.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.training.max_grad_norm)
                 optimizer.step()
@@ -255,7 +268,9 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                 "skipped_rows": splits.skipped_rows,
                 "truncated": {split: enc.truncated for split, enc in encoded.items()},
                 "max_length": cfg.model.max_length,
+                "augmented_train_examples": len(augmented),
             },
+            "regularization": {**regularization.model_dump(), "dropout_overrides": dropout},
             "parameters": parameters,
             "training": {
                 "precision": precision, "precision_reason": precision_reason, "world_size": accelerator.num_processes,

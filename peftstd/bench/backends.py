@@ -50,10 +50,12 @@ def torch_compile_backend(name: str, model, feed: dict[str, np.ndarray], device:
     return backend
 
 
-def onnx_backend(name: str, path: Path, feed: dict[str, np.ndarray], threads: int) -> Backend:
+def onnx_backend(name: str, path: Path, feed: dict[str, np.ndarray], threads: int,
+                 disabled_optimizers: list[str] | None = None) -> Backend:
+    """`disabled_optimizers` unset: the session settings recorded in the artifact's export.json."""
     from peftstd.export.inference import onnx_session
 
-    session = onnx_session(path, threads)  # raises unless the CPU provider really runs it
+    session = onnx_session(path, threads, disabled_optimizers)  # raises unless the CPU provider really runs it
     names = {i.name for i in session.get_inputs()}
     inputs = {k: v for k, v in feed.items() if k in names}
     return Backend(name, lambda: session.run(["logits"], inputs), f"onnxruntime {session.get_providers()[0]}, {threads} threads",

@@ -18,6 +18,7 @@ from peftstd.methods.adalora import AdaLoraSection
 from peftstd.methods.adapter import AdapterSection
 from peftstd.methods.full import FullSection
 from peftstd.methods.lora import LoraSection
+from peftstd.regularization import RegularizationSection
 from peftstd.tasks import TASK_METRICS
 
 MethodName = Literal["full", "lora", "adalora", "adapter"]
@@ -107,6 +108,8 @@ class RecipeConfig(Section):
     adalora: AdaLoraSection = Field(default_factory=AdaLoraSection, description="AdaLoRA settings (used when method is adalora).")
     adapter: AdapterSection = Field(default_factory=AdapterSection, description="Bottleneck-adapter settings (used when method is adapter).")
     training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation settings.")
+    regularization: RegularizationSection = Field(
+        default_factory=RegularizationSection, description="Dropout, label smoothing, adversarial training, augmentation.")
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection, description="Evaluation, model selection, early stopping.")
     output: OutputSection = Field(default_factory=OutputSection, description="Run directory settings.")
 

@@ -30,14 +30,27 @@ def torch_logits(model, tokenizer, data: TaskData, batch_size: int, max_length: 
     return np.concatenate(out)
 
 
-def onnx_session(path: Path, threads: int | None = None):
+def runtime_settings(export_dir: Path) -> dict:
+    """The ONNX Runtime session settings an export was verified and benchmarked with (export.json `runtime`)."""
+    record = export_dir / "export.json"
+    if not record.is_file():
+        return {}
+    import json
+
+    return json.loads(record.read_text()).get("runtime", {})
+
+
+def onnx_session(path: Path, threads: int | None = None, disabled_optimizers: list[str] | None = None):
+    """A CPU session; `disabled_optimizers` defaults to those recorded in the artifact's export.json."""
     import onnxruntime as ort
 
+    if disabled_optimizers is None:
+        disabled_optimizers = runtime_settings(Path(path).parent).get("disabled_optimizers", [])
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers))
     actual = session.get_providers()
     if actual[0] != "CPUExecutionProvider":
         raise RuntimeError(f"asked for CPUExecutionProvider, ONNX Runtime gave {actual}")

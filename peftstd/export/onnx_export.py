@@ -27,8 +27,35 @@ class LogitsOnly(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
 
-def export_onnx(model, tokenizer, out: Path) -> list[str]:
-    """Write `out` (a single self-contained file) and return the graph's input names."""
+def eager_attention(model) -> tuple[torch.nn.Module, str]:
+    """A copy of `model` with eager (matmul + softmax) attention, when its SDPA modules allow the switch.
+
+    transformers 4.57's BERT-family models pick an SDPA subclass of their eager attention module at
+    construction, and `set_attn_implementation` cannot change them afterwards. The decomposed SDPA graph
+    adds Slice/Concat/Where/Expand work: ONNX Runtime ran the eager graph 4% (batch 32) to 16% (batch 1)
+    faster in int8 on this CPU. Both classes share their parameters, so the switch is exact; the gate's
+    fp32 parity check proves it for each export.
+    """
+    import copy
+
+    def switchable(module) -> bool:
+        return "Sdpa" in type(module).__name__ and "Sdpa" not in type(module).__bases__[0].__name__
+
+    if getattr(model.config, "_attn_implementation", None) != "sdpa" or not any(map(switchable, model.modules())):
+        return model, getattr(model.config, "_attn_implementation", None) or "default"
+    eager = copy.deepcopy(model)
+    for module in eager.modules():
+        if switchable(module):
+            module.__class__ = type(module).__bases__[0]
+        if getattr(module, "attn_implementation", None) == "sdpa":  # BertModel keeps its own copy for mask building
+            module.attn_implementation = "eager"
+    eager.config._attn_implementation = "eager"
+    return eager, "eager"
+
+
+def export_onnx(model, tokenizer, out: Path) -> str:
+    """Write `out` (a single self-contained file); returns the attention implementation exported."""
+    model, attention = eager_attention(model)
     sample = tokenizer(["a short example", "a somewhat longer example sentence for export"], padding=True, return_tensors="pt")
     names = tuple(n for n in INPUTS if n in sample)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
@@ -39,7 +66,7 @@ def export_onnx(model, tokenizer, out: Path) -> list[str]:
             dynamic_shapes={n: {0: batch, 1: sequence} for n in names},
         )
     program.save(str(out), external_data=False)
-    return list(names)
+    return attention
 
 
 def optimize_graph(path: Path, out: Path, model_config) -> dict:

@@ -125,14 +125,15 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
     def fill(folder: Path) -> int:
         with stages.stage("onnx"):
             raw = folder / "model.raw.onnx"
-            export_onnx(exported, loaded.tokenizer, raw)
-            optimization = optimize_graph(raw, folder / "model.onnx", exported.config) if profile.optimize_graph else {"applied": False}
+            attention = export_onnx(exported, loaded.tokenizer, raw)
+            optimization = optimize_graph(raw, folder / "model.onnx", exported.config) if profile.offline_fusions else {"applied": False}
             if optimization["applied"]:
                 raw.unlink()
             else:
                 raw.rename(folder / "model.onnx")
             report["stages"]["onnx"] = {"exporter": "torch.onnx.export(dynamo=True)", "dynamic_axes": ["batch", "sequence"],
-                                        "graph_optimization": optimization}
+                                        "attention": attention, "graph_optimization": optimization}
+        report["runtime"] = {"disabled_optimizers": profile.session_disabled_optimizers}
         artifacts = {"fp32": folder / "model.onnx"}
 
         if profile.int8 or profile.fp16:
@@ -151,7 +152,8 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
             reference = metric_points(task, trained_test_logits, test.label_ids)
             gate = []
             for name, path in artifacts.items():
-                logits = onnx_logits(onnx_session(path), loaded.tokenizer, test, profile.batch_size, max_length)
+                session = onnx_session(path, disabled_optimizers=profile.session_disabled_optimizers)
+                logits = onnx_logits(session, loaded.tokenizer, test, profile.batch_size, max_length)
                 record = judge(name, logits, reference, exported_test_logits if name == "fp32" else None,
                                task, test.label_ids, profile.budget, profile.parity_tolerance)
                 record["file"] = path.name
@@ -208,7 +210,8 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
     probe = TaskData(search.texts[:256], search.pairs[:256] if search.pairs else None, search.label_ids[:256])
 
     def logits(path: Path, data) -> np.ndarray:
-        return onnx_logits(onnx_session(path), loaded.tokenizer, data, profile.batch_size, max_length)
+        session = onnx_session(path, disabled_optimizers=profile.session_disabled_optimizers)
+        return onnx_logits(session, loaded.tokenizer, data, profile.batch_size, max_length)
 
     reference_points = metric_points(task, logits(fp32_path, search), search.label_ids)
     reference_probe = logits(fp32_path, probe)

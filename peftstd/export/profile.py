@@ -25,8 +25,23 @@ class ExportProfile(Section):
     search_train_samples: int = Field(2000, ge=0, description="Training examples (unseen by calibration) added to validation to judge int8 drops.")
     importance_samples: int = Field(1024, ge=8, description="Training examples used for pruning importance (Fisher) and mask tuning.")
     per_channel: bool = Field(True, description="Per-channel weight scales for int8 (usually more accurate at no speed cost).")
-    optimize_graph: bool = Field(True, description="Apply ONNX Runtime's transformer fusions (attention, LayerNorm, GELU) where they match.")
+    optimize_graph: bool | None = Field(
+        None, description="Apply ONNX Runtime's offline transformer fusions (attention, LayerNorm, GELU) where they match; "
+        "unset: on for GPU targets, off for CPU, where the fused kernels measured slower (bench/results/export_speed.md).")
+    disabled_optimizers: list[str] | None = Field(
+        None, description="ONNX Runtime session fusions to turn off, recorded in export.json and used by every peftstd session; "
+        "unset: SkipLayerNormFusion for CPU targets (ORT's fused kernel measured 3x slower than Add + LayerNormalization), none for GPU.")
     batch_size: int = Field(32, ge=1, description="Batch size of the verification passes.")
+
+    @property
+    def offline_fusions(self) -> bool:
+        return self.target == "gpu" if self.optimize_graph is None else self.optimize_graph
+
+    @property
+    def session_disabled_optimizers(self) -> list[str]:
+        if self.disabled_optimizers is not None:
+            return self.disabled_optimizers
+        return ["SkipLayerNormFusion"] if self.target == "cpu" else []
 
 
 def load_profile(path: str | None, overrides: dict) -> ExportProfile:

@@ -35,7 +35,7 @@ class TextClassification(Task):
                 )
         return names
 
-    def load_model(self, path: Path, labels: list[str]):
+    def load_model(self, path: Path, labels: list[str], **config_overrides):
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification.from_pretrained(
@@ -43,7 +43,18 @@ class TextClassification(Task):
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)},
+            **config_overrides,
         )
+
+    def loss(self, model, batch, label_smoothing: float = 0.0):
+        """The training loss: the model's own cross-entropy, or a label-smoothed one computed here."""
+        if not label_smoothing:
+            return model(**batch).loss
+        import torch.nn.functional as F
+
+        labels = batch["labels"]
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
     def encode(self, tokenizer, rows: list[Example], labels: list[str], max_length: int) -> EncodedSplit:
         texts = [row.text for row in rows]
