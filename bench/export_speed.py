@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from peftstd.bench.backends import onnx_backend, torch_backend  # noqa: E402
 from peftstd.bench.timing import fixed_length_feed, interleaved, summary  # noqa: E402
@@ -98,7 +99,7 @@ def run_benchmark(args, scratch: Path) -> None:
     eager, _ = merge(loaded.model)
     texts = [json.loads(line)["text"] for line in (Path(args.run) / "predictions" / "test.jsonl").read_text().splitlines()]
     results = {"command": shlex.join(sys.argv), "machine": hardware(), "versions": package_versions(),
-               "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+               "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip(),
                "sequence": args.sequence, "threads": args.threads, "rows": []}
     metrics = {"pytorch-fp32": json.loads((Path(args.run) / "metrics.json").read_text())["test"]["accuracy"]}
     optimum = {} if args.no_optimum else optimum_pipeline(loaded, Path(args.run), scratch)
