@@ -121,21 +121,66 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from peftstd.evaluation.ensemble import ensemble
+    from peftstd.evaluation.evaluate import HEADLINE, markdown, public
+    from peftstd.run.atomic import write_json, write_text
+
+    results, labels = ensemble([Path(m) for m in args.members], args.data, args.split, args.resamples)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    combined = results[-1]
+    write_json(out / "ensemble.json", {"members": [str(Path(m).resolve()) for m in args.members], "combination": "mean probability",
+                                       "labels": labels, **public(combined), "member_results": [public(r) for r in results[:-1]]})
+    write_text(out / "eval.md", markdown(results, None))
+    write_text(out / "predictions.jsonl", "".join(
+        json.dumps({"prediction": labels[int(p)], "label": labels[int(t)], "probabilities": np.exp(row).round(6).tolist()}) + "\n"
+        for p, t, row in zip(combined["_logits"].argmax(-1), combined["_labels"], combined["_logits"])))
+    for r in results:
+        print(f"{r['evaluated']}: " + ", ".join(f"{m} {r['metrics'][m]:.4f} [95% CI {r['ci95'][m][0]:.4f}-{r['ci95'][m][1]:.4f}]"
+                                                 for m in HEADLINE) + f" (n={r['examples']})")
+    print(f"written: {out / 'ensemble.json'}, {out / 'eval.md'}")
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from peftstd.evaluation.explain import explain_text, print_explanation, write_html
+    from peftstd.evaluation.explain import explain_data, explain_text, print_explanation, write_html
     from peftstd.run.load import load_run
 
-    loaded = load_run(Path(args.run))
+    if not args.texts and args.n is None:
+        raise UserError("explain needs TEXTS, or --n N (with --data SPEC or the run's own --split) for an HTML report")
+    if args.texts and args.n is not None:
+        raise UserError("give either TEXTS or --n N, not both")
+    if args.n is not None and args.n < 1:
+        raise UserError(f"--n must be a positive number of examples, got {args.n}")
+    run = Path(args.run)
+    loaded = load_run(run)
     if loaded.manifest["task"]["type"] != "text-classification":
         raise UserError(f"explain supports text-classification runs; this run is {loaded.manifest['task']['type']}")
-    results = [explain_text(loaded, text, args.steps, loaded.manifest["data"]["max_length"]) for text in args.texts]
-    for result in results:
-        print_explanation(result)
+    max_length = loaded.manifest["data"]["max_length"]
+    if args.texts:
+        results = [explain_text(loaded, text, args.steps, max_length) for text in args.texts]
+        for result in results:
+            print_explanation(result)
+        sections, title = [("", results)], f"peftstd explain: {run.name}"
+    else:
+        from peftstd.evaluation.evaluate import evaluation_data
+
+        data, source, _ = evaluation_data(run, args.data, args.split)
+        sections, title = explain_data(loaded, data, args.n, args.steps, max_length), f"peftstd explain: {run.name} on {source}"
+        results = [r for _, section in sections for r in section]
+        print(", ".join(f"{heading.split(' (')[0].lower()}: {len(section)}" for heading, section in sections) + f" of {len(data.texts)} examples")
+        args.html = args.html or str(run / "explain" / "report.html")
     if args.html:
-        write_html(results, Path(args.html), f"peftstd explain: {Path(args.run).name}")
+        write_html(sections, Path(args.html), title)
         print(f"written: {args.html}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -187,11 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="folder for eval.json and eval.md (default TARGET/eval)")
     evaluate.set_defaults(func=cmd_eval)
 
+    ensemble = sub.add_parser("ensemble", help="average the probabilities of several runs or exports and evaluate the ensemble")
+    ensemble.add_argument("members", nargs="+", help="run directories or export folders (at least 2)")
+    ensemble.add_argument("--out", required=True, help="folder for ensemble.json, eval.md and predictions.jsonl")
+    ensemble.add_argument("--data", help="data source (registry name, file, hub id); default: the members' own data")
+    ensemble.add_argument("--split", default="test", choices=["train", "validation", "test"], help="split (default test)")
+    ensemble.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
+    ensemble.set_defaults(func=cmd_ensemble)
+
     explain = sub.add_parser("explain", help="Integrated Gradients token attributions for a run's predictions")
     explain.add_argument("run", help="run directory")
-    explain.add_argument("texts", nargs="+", help="texts to explain")
+    explain.add_argument("texts", nargs="*", help="texts to explain")
+    explain.add_argument("--n", type=int, help="report on N examples of --data: the most confident wrong, most and least confident right")
+    explain.add_argument("--data", help="data source for --n (registry name, file, hub id); default: the run's own data")
+    explain.add_argument("--split", default="test", choices=["train", "validation", "test"], help="split for --n (default test)")
     explain.add_argument("--steps", type=int, default=64, help="integration steps (default %(default)s)")
-    explain.add_argument("--html", help="write a self-contained HTML page here")
+    explain.add_argument("--html", help="write a self-contained HTML page here (with --n, default RUN/explain/report.html)")
     explain.add_argument("--json", help="write the attributions as JSON here")
     explain.set_defaults(func=cmd_explain)
 

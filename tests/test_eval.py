@@ -56,3 +56,24 @@ def test_eval_on_another_data_file_uses_all_of_its_rows(trained, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["results"][0]["examples"] == 30 and report["results"][0]["data"] == str(data)
+
+
+def test_ensemble_averages_member_probabilities_and_is_evaluated_like_a_run(trained, exported, tmp_path):
+    members = [trained["lora"], trained["adapter"], exported]
+    result = peftstd("ensemble", *map(str, members), "--resamples", "100", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "ensemble.json").read_text())
+    assert len(report["member_results"]) == 3 and report["examples"] == 24
+    low, high = report["ci95"]["accuracy"]
+    assert low <= report["metrics"]["accuracy"] <= high
+    logits = [np.array([json.loads(line)["logits"] for line in (run / "predictions" / "test.jsonl").read_text().splitlines()])
+              for run in (trained["lora"], trained["adapter"], trained["lora"])]  # the fp32 export predicts like its run
+    expected = np.mean([np.exp(x) / np.exp(x).sum(-1, keepdims=True) for x in logits], axis=0)
+    written = np.array([json.loads(line)["probabilities"] for line in (tmp_path / "predictions.jsonl").read_text().splitlines()])
+    np.testing.assert_allclose(written, expected, atol=1e-4)
+    assert "ensemble of 3" in (tmp_path / "eval.md").read_text()
+
+
+def test_ensemble_refuses_a_single_member(trained, tmp_path):
+    result = peftstd("ensemble", str(trained["lora"]), "--out", str(tmp_path / "one"))
+    assert result.returncode == 2 and "at least 2 members" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
 
 from conftest import peftstd
@@ -40,3 +41,29 @@ def test_explain_command_prints_and_writes_html_and_json(trained, tmp_path):
     page = (tmp_path / "e.html").read_text()
     assert page.startswith("<!doctype html>") and "<script" not in page and "background:rgb" in page
     assert json.loads((tmp_path / "e.json").read_text())[0]["classes"][0]["attributions"]
+
+
+def test_report_on_data_holds_wrong_most_and_least_confident_predictions(trained, tmp_path):
+    result = peftstd("explain", str(trained["lora"]), "--n", "9", "--split", "validation", "--steps", "8",
+                     "--html", str(tmp_path / "report.html"), "--json", str(tmp_path / "report.json"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    explained = json.loads((tmp_path / "report.json").read_text())
+    assert len(explained) == 9 and len({r["text"] for r in explained}) == 9
+    page = (tmp_path / "report.html").read_text()
+    assert all(heading in page for heading in ("Wrong predictions", "Most confident predictions", "Least confident predictions"))
+    assert page.count("true label") == 9
+
+
+def test_pick_examples_orders_by_confidence_and_never_repeats():
+    from peftstd.evaluation.explain import pick_examples
+
+    probabilities = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45], [0.99, 0.01], [0.3, 0.7]])
+    labels = np.array([0, 0, 0, 1, 0, 1])  # rows 2 and 3 are wrong; 2 more confidently
+    chosen = pick_examples(probabilities, labels, 4)
+    assert list(chosen.values()) == [[2], [4, 0], [1]]
+    assert sum(map(len, pick_examples(probabilities, labels, 50).values())) == 6
+
+
+def test_explain_refuses_texts_and_n_together(trained):
+    result = peftstd("explain", str(trained["lora"]), "some text", "--n", "5")
+    assert result.returncode == 2 and "either TEXTS or --n" in result.stderr

@@ -75,15 +75,19 @@ def evaluation_data(run_dir: Path, data_spec: str | None, split: str):
 
 
 def evaluate_target(target: Path, data_spec: str | None, split: str, artifact: str | None, resamples: int = 1000) -> dict:
-    from peftstd.evaluation.bootstrap import interval
-
     model = predictor(target, artifact)
     data, source, task = evaluation_data(model.run_dir, data_spec, split)
-    logits = model.logits(data)
+    return {"target": str(target), **score(model.name, model.logits(data), data, source, task, resamples)}
+
+
+def score(name: str, logits: np.ndarray, data, source: str, task, resamples: int) -> dict:
+    """Metrics of `logits` on `data`, with 95% bootstrap intervals of the headline metrics."""
+    from peftstd.evaluation.bootstrap import interval
+
     metrics = task.metrics(logits, data.label_ids)
-    intervals = {name: interval(lambda idx, name=name: task.metrics(logits[idx], data.label_ids[idx])[name], len(data.texts), resamples)
-                 for name in HEADLINE}
-    return {"target": str(target), "evaluated": model.name, "data": source, "examples": len(data.texts), "metrics": metrics,
+    intervals = {metric: interval(lambda idx, metric=metric: task.metrics(logits[idx], data.label_ids[idx])[metric], len(data.texts), resamples)
+                 for metric in HEADLINE}
+    return {"evaluated": name, "data": source, "examples": len(data.texts), "metrics": metrics,
             "ci95": intervals, "resamples": resamples, "_logits": logits, "_labels": data.label_ids, "_task": task}
 
 

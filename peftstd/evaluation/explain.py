@@ -66,22 +66,63 @@ def print_explanation(result: dict) -> None:
         console.print(line)
 
 
-def write_html(results: list[dict], path: Path, title: str) -> None:
-    """A self-contained page (inline CSS, no scripts): one coloured row per text and class."""
-    rows = []
-    for result in results:
-        rows.append(f"<h2>{html.escape(result['text'])}</h2><p>prediction <b>{html.escape(result['prediction'])}</b> "
-                    f"(p={result['probability']:.3f})</p>")
-        for cls in result["classes"]:
-            scale = max(abs(a) for a in cls["attributions"]) or 1.0
-            spans = "".join(
-                f'<span title="{score:+.4f}" style="background:rgb{colour(score, scale)}">{html.escape(token)}</span> '
-                for token, score in zip(result["tokens"], cls["attributions"]))
-            rows.append(f"<p><b>{html.escape(cls['label'])}</b>: {spans}<br><small>sum of attributions "
-                        f"{cls['attribution_sum']:+.4f}, logit difference {cls['logit'] - cls['baseline_logit']:+.4f}, "
-                        f"convergence delta {cls['convergence_delta']:+.1e}</small></p>")
+def pick_examples(probabilities, label_ids, n: int) -> dict[str, list[int]]:
+    """Indices for the report: the most confidently wrong predictions (up to a third of `n`), then the
+    most and the least confident right ones, each example at most once."""
+    import numpy as np
+
+    order = np.argsort(-probabilities.max(-1), kind="stable")
+    correct = probabilities.argmax(-1) == label_ids
+    wrong = [int(i) for i in order if not correct[i]][: n // 3]
+    right = [int(i) for i in order if correct[i]]
+    most = right[: (n - len(wrong) + 1) // 2]
+    least = [i for i in reversed(right) if i not in most][: n - len(wrong) - len(most)]
+    return {"Wrong predictions (most confident first)": wrong, "Most confident predictions": most,
+            "Least confident predictions": least}
+
+
+def explain_data(loaded, data, n: int, steps: int, max_length: int) -> list[tuple[str, list[dict]]]:
+    """Predict every example of `data`, then explain the ones `pick_examples` chooses, section by section."""
+    from peftstd.export.inference import torch_logits
+
+    logits = torch.from_numpy(torch_logits(loaded.model, loaded.tokenizer, data, 32, max_length))
+    chosen = pick_examples(torch.softmax(logits, -1).numpy(), data.label_ids, n)
+    sections = []
+    for title, indices in chosen.items():
+        results = []
+        for i in indices:
+            result = explain_text(loaded, data.texts[i], steps, max_length)
+            result["label"] = loaded.labels[int(data.label_ids[i])]
+            results.append(result)
+        sections.append((title, results))
+    return sections
+
+
+def render_result(result: dict) -> str:
+    truth = f", true label <b>{html.escape(result['label'])}</b>" if "label" in result else ""
+    rows = [f"<h3>{html.escape(result['text'])}</h3><p>prediction <b>{html.escape(result['prediction'])}</b> "
+            f"(p={result['probability']:.3f}){truth}</p>"]
+    for cls in result["classes"]:
+        scale = max(abs(a) for a in cls["attributions"]) or 1.0
+        spans = "".join(
+            f'<span title="{score:+.4f}" style="background:rgb{colour(score, scale)}">{html.escape(token)}</span> '
+            for token, score in zip(result["tokens"], cls["attributions"]))
+        rows.append(f"<p><b>{html.escape(cls['label'])}</b>: {spans}<br><small>sum of attributions "
+                    f"{cls['attribution_sum']:+.4f}, logit difference {cls['logit'] - cls['baseline_logit']:+.4f}, "
+                    f"convergence delta {cls['convergence_delta']:+.1e}</small></p>")
+    return "".join(rows)
+
+
+def write_html(sections: list[tuple[str, list[dict]]], path: Path, title: str) -> None:
+    """A self-contained page (inline CSS, no scripts): one coloured row per text and class, in sections."""
+    body = []
+    for heading, results in sections:
+        if heading:
+            body.append(f"<h2>{html.escape(heading)} ({len(results)})</h2>")
+        body.extend(render_result(r) for r in results)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}} span{{padding:2px 1px;border-radius:3px}}</style>
 </head><body><h1>{html.escape(title)}</h1><p>Integrated Gradients on the input embeddings; green supports the class, red opposes it.</p>
-{''.join(rows)}</body></html>
+{''.join(body)}</body></html>
 """, encoding="utf-8")
