@@ -34,6 +34,27 @@ def test_export_card_carries_the_gate_figures(exported):
     for record in report["gate"]["artifacts"]:
         assert f"| `{record['file']}` | {record['artifact']} | {record['value']:.4f} |" in card
     assert "Export **passed**" in card
+    speed = {(r["backend"], r["batch"]): r for r in report["speed"]["rows"]}
+    assert set(speed) == {(name, batch) for name in ("pytorch-fp32", "fp32", "int8-dynamic", "int8-static") for batch in (1, 8)}
+    fp32 = speed["fp32", 8]
+    assert f"| fp32 | {speed['fp32', 1]['p50_ms']:.1f} ({speed['fp32', 1]['speedup_vs_pytorch_fp32']:.2f}x) | {fp32['p50_ms']:.1f} (" in card
+
+
+def test_cpu_exports_record_and_use_their_session_settings(exported, monkeypatch):
+    import onnxruntime as ort
+
+    from peftstd.export.inference import onnx_session
+
+    report = json.loads((exported / "export.json").read_text())
+    assert report["runtime"] == {"disabled_optimizers": ["SkipLayerNormFusion"]}
+    assert report["stages"]["onnx"]["attention"] == "eager" and not report["stages"]["onnx"]["graph_optimization"]["applied"]
+    assert "SkipLayerNormalization" not in report["ops"]["model.onnx"]
+    asked = []
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **kw: asked.append(kw.get("disabled_optimizers")) or real(*a, **kw))
+    onnx_session(exported / "model.onnx")  # no settings given: those of export.json
+    onnx_session(exported / "model.onnx", disabled_optimizers=[])
+    assert asked == [["SkipLayerNormFusion"], []]
 
 
 def test_onnx_axes_are_dynamic(exported):

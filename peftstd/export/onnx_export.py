@@ -38,10 +38,12 @@ def eager_attention(model) -> tuple[torch.nn.Module, str]:
     """
     import copy
 
-    def switchable(module) -> bool:
-        return "Sdpa" in type(module).__name__ and "Sdpa" not in type(module).__bases__[0].__name__
+    def switchable(module) -> bool:  # an SDPA class that only subclasses its eager twin (not, e.g., an adapters mixin)
+        bases = type(module).__bases__
+        return "Sdpa" in type(module).__name__ and len(bases) == 1 and "Sdpa" not in bases[0].__name__
 
-    if getattr(model.config, "_attn_implementation", None) != "sdpa" or not any(map(switchable, model.modules())):
+    sdpa = [m for m in model.modules() if "Sdpa" in type(m).__name__]
+    if getattr(model.config, "_attn_implementation", None) != "sdpa" or not sdpa or not all(map(switchable, sdpa)):
         return model, getattr(model.config, "_attn_implementation", None) or "default"
     eager = copy.deepcopy(model)
     for module in eager.modules():

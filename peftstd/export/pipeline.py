@@ -83,6 +83,7 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
     from peftstd.run.atomic import replace_dir, write_json, write_text
     from peftstd.run.card import render_export_card
     from peftstd.run.load import load_run
+    from peftstd.run.manifest import hardware
     from peftstd.tasks import get_task
 
     check_request(run_dir, profile)
@@ -163,6 +164,14 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
             report["gate"] = {"split": "test", "examples": len(test.texts), "trained_metric": reference / 100,
                               "budget_points": profile.budget, "parity_tolerance": profile.parity_tolerance, "artifacts": gate}
             passed = all(r["passed"] for r in gate)
+
+        if profile.speed_check and profile.format == "onnx":
+            from peftstd.export.speed import speed_check
+
+            with stages.stage("speed"):
+                report["speed"] = speed_check(exported, loaded.tokenizer, test.texts, artifacts, max_length,
+                                              profile.session_disabled_optimizers)
+                report["machine"] = hardware()
 
         exported.config.save_pretrained(folder)
         loaded.tokenizer.save_pretrained(folder)

@@ -32,6 +32,7 @@ class ExportProfile(Section):
         None, description="ONNX Runtime session fusions to turn off, recorded in export.json and used by every peftstd session; "
         "unset: SkipLayerNormFusion for CPU targets (ORT's fused kernel measured 3x slower than Add + LayerNormalization), none for GPU.")
     batch_size: int = Field(32, ge=1, description="Batch size of the verification passes.")
+    speed_check: bool = Field(True, description="Time every artifact against PyTorch (batch 1 and 8, sequence 128) for the export card.")
 
     @property
     def offline_fusions(self) -> bool:

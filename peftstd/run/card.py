@@ -119,6 +119,18 @@ def render_export_card(report: dict[str, Any], run_card: str | None) -> str:
     stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report["timings_s"].items())
     kept = {name: a.get("kept_in_float", []) for name, a in report["stages"].get("quantize", {}).get("artifacts", {}).items()}
     prune = report["stages"].get("prune")
+    speed = report.get("speed")
+    speed_table = ""
+    if speed:
+        batches = sorted({r["batch"] for r in speed["rows"]})
+        names = list(dict.fromkeys(r["backend"] for r in speed["rows"]))
+        cell = {(r["backend"], r["batch"]): r for r in speed["rows"]}
+        lines = ["| backend | " + " | ".join(f"batch {b}: p50 ms (speed-up)" for b in batches) + " |", "|---" * (len(batches) + 1) + "|"]
+        lines += ["| " + name + " | " + " | ".join(f"{cell[name, b]['p50_ms']:.1f} ({cell[name, b]['speedup_vs_pytorch_fp32']:.2f}x)" for b in batches) + " |"
+                  for name in names]
+        speed_table = (f"Speed on the exporting machine ({report.get('machine', {}).get('cpu', 'CPU')}, {speed['threads']} threads, "
+                       f"sequence {speed['sequence']}, p50 of {speed['repeats']} interleaved calls, ONNX Runtime session settings "
+                       f"{report.get('runtime', {})}):\n\n" + "\n".join(lines) + "\n\n")
     prune_line = (f"Structured pruning removed {100 * prune['flops_reduction']:.0f}% of encoder FLOPs "
                   f"({prune['parameters_before']:,} -> {prune['parameters_after']:,} parameters).\n\n") if prune else ""
     return f"""---
@@ -135,10 +147,11 @@ tolerance {gate['parity_tolerance']:.0e} max-abs logits.
 |---|---|---|---|---|---|---|
 {rows}
 
-{prune_line}Merge: {report['stages']['merge']['how']} (max logit difference {report['stages']['merge']['max_abs_logit_difference']:.1e}).
+{speed_table}{prune_line}Merge: {report['stages']['merge']['how']} (max logit difference {report['stages']['merge']['max_abs_logit_difference']:.1e}).
 MatMuls kept in float by the sensitivity pass: {kept or 'none'}. Stage times: {stages}.
 
 Load it without peftstd: `onnxruntime.InferenceSession("model.onnx")` with this folder's tokenizer, or
 `optimum.onnxruntime.ORTModelForSequenceClassification.from_pretrained(folder, file_name="model.onnx")`.
-Speed on your machine: `peftstd bench` on this folder. Everything above is in `export.json`.
+Run the artifacts with the session settings in `export.json` (`runtime`), as peftstd does; speed on your
+machine, with percentiles over a batch and sequence grid: `peftstd bench` on this folder. Everything above is in `export.json`.
 """
