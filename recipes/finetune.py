@@ -95,7 +95,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     base = resolve_model(cfg.model.name, cfg.model.revision)
     model_config = AutoConfig.from_pretrained(base.path)
     check_max_length(cfg.model.max_length, model_config)
-    splits = load_splits(cfg.data)
+    splits = load_splits(cfg.data, cfg.task.type)
     task = get_task(cfg.task.type)
     labels = task.label_names(cfg.task.labels, splits)
     method = get_method(cfg.method)
@@ -116,7 +116,8 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     resuming = on_main_then_broadcast(accelerator, lambda: decide_run_start(run_dir, to_yaml(cfg), cfg.output.overwrite, resume_requested))
 
     # --- Tokenize: dynamic padding later, so features keep their own lengths ---------------------
-    encoded = {split: task.encode(tokenizer, train_rows if split == "train" else rows, labels, cfg.model.max_length)
+    encoded = {split: task.encode(tokenizer, train_rows if split == "train" else rows, labels, cfg.model.max_length,
+                                  label_all_subwords=cfg.task.label_all_subwords and split == "train")
                for split, rows in splits.items()}
     collator = task.collator(tokenizer)
 
@@ -247,11 +248,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             "test": test_metrics,
         }
         atomic.write_json(run_dir / "metrics.json", metrics_doc)
-        predictions = [
-            {"origin": row.origin, "text": row.text, "text_pair": row.text_pair, "label": row.label,
-             "prediction": labels[int(logits.argmax())], "logits": logits.tolist()}
-            for row, logits in zip(splits.test, test_logits)
-        ]
+        predictions = task.prediction_records(splits.test, test_logits, test_labels, labels)
         atomic.write_text(run_dir / "predictions" / "test.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
         plot_curves(history, selection.metric, run_dir / "curves.png")
         manifest = {
@@ -282,7 +279,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             "wall_time_s": time.time() - started,
             "peak_memory": provenance.peak_memory_mb(),
         }
-        atomic.write_text(run_dir / "report.md", render_report(name, manifest, metrics_doc, task.report(test_logits, test_labels, labels)))
+        atomic.write_text(run_dir / "report.md", render_report(name, manifest, metrics_doc, task.report(test_logits, test_labels, labels, splits.test)))
         atomic.write_text(run_dir / "README.md", render_card(name, cfg, manifest, metrics_doc))
         manifest["files"] = provenance.file_hashes(run_dir)
         atomic.write_json(run_dir / "manifest.json", manifest)

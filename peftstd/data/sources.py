@@ -1,8 +1,9 @@
 """Turn a `data:` section into train/validation/test examples.
 
 A source is a registered dataset name, a local .jsonl/.csv/.tsv/.parquet file with a
-column mapping, or a hub dataset id. Rows with missing text or label are reported with
-file and line numbers (policy `data.bad_rows`).
+column mapping (token classification: also CoNLL-style .conll/.txt/.bio/.iob files), or a
+hub dataset id. Rows with missing text or label are reported with file and line numbers
+(policy `data.bad_rows`).
 """
 
 from __future__ import annotations
@@ -12,18 +13,21 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from peftstd.data.examples import Example, Splits
+from peftstd.data.conll import read_conll
+from peftstd.data.examples import Example, Splits, TokenExample
 from peftstd.data.registry import DATASETS
 from peftstd.data.splits import split_examples
 from peftstd.errors import DataError
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+CONLL_SUFFIXES = (".conll", ".txt", ".bio", ".iob")
+TOKEN_TASKS = ("token-classification",)
 
 
-def load_splits(section) -> Splits:
-    """The three splits of `section` (a `DataSection`), validated and deterministic."""
+def load_splits(section, task: str = "text-classification") -> Splits:
+    """The three splits of `section` (a `DataSection`) for `task`, validated and deterministic."""
     bad: list[str] = []
-    named = read_source(section.source, section, bad)
+    named = read_source(section.source, section, bad, task)
     sources = {"train": section.source}
     if "validation" in named and "test" in named:
         train, validation, test = named["train"], named["validation"], named["test"]
@@ -33,10 +37,10 @@ def load_splits(section) -> Splits:
         train, validation, test = split_examples(named["train"], fractions, section.split_seed)
         sources.update(validation=f"{section.source} (split)", test=f"{section.source} (split)")
     if section.validation_source:
-        validation = read_source(section.validation_source, section, bad)["train"]
+        validation = read_source(section.validation_source, section, bad, task)["train"]
         sources["validation"] = section.validation_source
     if section.test_source:
-        test = read_source(section.test_source, section, bad)["train"]
+        test = read_source(section.test_source, section, bad, task)["train"]
         sources["test"] = section.test_source
     if bad and section.bad_rows == "error":
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -51,29 +55,34 @@ def load_splits(section) -> Splits:
     return Splits(train, validation, test, skipped_rows=len(bad), sources=sources)
 
 
-def read_source(spec: str, section, bad: list[str]) -> dict[str, list[Example]]:
+def read_source(spec: str, section, bad: list[str], task: str = "text-classification") -> dict[str, list]:
     """Examples of one source, keyed by split name ('train' only unless the source has its own splits)."""
     if spec in DATASETS:
+        if DATASETS[spec].task != task:
+            raise DataError(f"dataset {spec!r} is a {DATASETS[spec].task} dataset, not {task}; "
+                            f"{task} datasets: {', '.join(n for n, d in DATASETS.items() if d.task == task) or 'none registered'}")
         return {"train": DATASETS[spec].load()}
     path = Path(spec).expanduser()
-    if path.exists() or path.suffix.lower() in FILE_SUFFIXES or spec.startswith((".", "/", "~")):
-        return {"train": read_file(path, section, bad)}
-    return read_hub_dataset(spec, section, bad)
+    if path.exists() or path.suffix.lower() in FILE_SUFFIXES + CONLL_SUFFIXES or spec.startswith((".", "/", "~")):
+        return {"train": read_file(path, section, bad, task)}
+    return read_hub_dataset(spec, section, bad, task)
 
 
-def read_file(path: Path, section, bad: list[str]) -> list[Example]:
+def read_file(path: Path, section, bad: list[str], task: str = "text-classification") -> list:
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
-    if suffix not in FILE_SUFFIXES:
-        raise DataError(f"data file {str(path)!r} has an unsupported type; allowed: {', '.join(FILE_SUFFIXES)}")
+    allowed = (".jsonl", ".json", *CONLL_SUFFIXES) if task in TOKEN_TASKS else FILE_SUFFIXES
+    if suffix not in allowed:
+        raise DataError(f"data file {str(path)!r} has an unsupported type for {task}; allowed: {', '.join(allowed)}")
     if path.stat().st_size == 0:
         raise DataError(f"data file {str(path)!r} is empty")
-    if suffix in (".jsonl", ".json"):
-        records = read_jsonl(path)
+    if suffix in CONLL_SUFFIXES:
+        examples = read_conll(path, section.conll_separator, section.conll_sentence_delimiter)
+    elif suffix in (".jsonl", ".json"):
+        examples = to_examples(read_jsonl(path), section, bad, task)
     else:
-        records = read_table(path, suffix)
-    examples = to_examples(records, section, bad)
+        examples = to_examples(read_table(path, suffix), section, bad, task)
     if not examples and not bad:
         raise DataError(f"data file {str(path)!r} holds no rows")
     return examples
@@ -120,7 +129,7 @@ def read_table(path: Path, suffix: str) -> Iterable[tuple[str, dict[str, Any]]]:
     return [(f"{path.name}:{i + first_line}", row) for i, row in enumerate(frame.to_dict("records"))]
 
 
-def read_hub_dataset(spec: str, section, bad: list[str]) -> dict[str, list[Example]]:
+def read_hub_dataset(spec: str, section, bad: list[str], task: str = "text-classification") -> dict[str, list]:
     import datasets
 
     try:
@@ -135,13 +144,23 @@ def read_hub_dataset(spec: str, section, bad: list[str]) -> dict[str, list[Examp
     for split_name, rows in loaded.items():
         if split_name in aliases:
             records = ((f"{spec}[{split_name}]:{i + 1}", row) for i, row in enumerate(rows))
-            out[aliases[split_name]] = to_examples(records, section, bad)
+            out[aliases[split_name]] = to_examples(records, section, bad, task, tag_names(rows.features, section, task))
     if "train" not in out:
         raise DataError(f"hub dataset {spec!r} has no 'train' split (it has: {', '.join(loaded)})")
     return out
 
 
-def to_examples(records: Iterable[tuple[str, dict[str, Any]]], section, bad: list[str]) -> list[Example]:
+def tag_names(features, section, task: str) -> list[str] | None:
+    """Names of integer-coded tags (a hub dataset's ClassLabel sequence, e.g. conll2003's ner_tags)."""
+    feature = features.get(section.tags_column) if task in TOKEN_TASKS else None
+    inner = getattr(feature, "feature", None)
+    return list(inner.names) if inner is not None and hasattr(inner, "names") else None
+
+
+def to_examples(records: Iterable[tuple[str, dict[str, Any]]], section, bad: list[str], task: str = "text-classification",
+                names: list[str] | None = None) -> list:
+    if task in TOKEN_TASKS:
+        return to_token_examples(records, section, bad, names)
     examples = []
     for origin, row in records:
         text = row.get(section.text_column)
@@ -151,6 +170,21 @@ def to_examples(records: Iterable[tuple[str, dict[str, Any]]], section, bad: lis
             bad.append(origin)
             continue
         examples.append(Example(text=str(text), label=str(label), text_pair=None if pair is None else str(pair), origin=origin))
+    return examples
+
+
+def to_token_examples(records, section, bad: list[str], names: list[str] | None) -> list[TokenExample]:
+    """Rows with a list of words (`data.tokens_column`) and a list of tags (`data.tags_column`) of equal length."""
+    examples = []
+    for origin, row in records:
+        tokens, tags = row.get(section.tokens_column), row.get(section.tags_column)
+        if not isinstance(tokens, (list, tuple)) or not isinstance(tags, (list, tuple)) or not tokens:
+            bad.append(origin)
+            continue
+        if len(tokens) != len(tags):
+            raise DataError(f"{origin}: {len(tokens)} tokens but {len(tags)} tags; each word needs exactly one tag")
+        tags = [names[t] if names and isinstance(t, int) else str(t) for t in tags]
+        examples.append(TokenExample(tuple(str(t) for t in tokens), tuple(tags), origin=origin))
     return examples
 
 

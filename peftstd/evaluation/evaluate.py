@@ -56,6 +56,9 @@ def evaluation_data(run_dir: Path, data_spec: str | None, split: str):
     from peftstd.tasks import get_task
 
     labels = json.loads((run_dir / "labels.json").read_text())
+    task = json.loads((run_dir / "manifest.json").read_text())["task"]["type"]
+    if task != "text-classification":
+        raise UserError(f"peftstd eval supports text-classification runs so far; this run is {task}")
     if data_spec is None:
         cfg, splits = run_splits(run_dir, json.loads((run_dir / "manifest.json").read_text()))  # sha256-checked
         rows = dict(splits.items())[split]
@@ -63,7 +66,7 @@ def evaluation_data(run_dir: Path, data_spec: str | None, split: str):
     else:
         cfg = load_config(run_dir / "config.yaml")
         bad: list[str] = []
-        named = read_source(data_spec, cfg.data, bad)
+        named = read_source(data_spec, cfg.data, bad, cfg.task.type)
         rows = named.get(split) or named["train"]
         if bad:
             raise UserError(f"{len(bad)} row(s) of {data_spec} have no text or label ({', '.join(bad[:3])})")
@@ -71,7 +74,7 @@ def evaluation_data(run_dir: Path, data_spec: str | None, split: str):
     unknown = sorted({r.label for r in rows} - set(labels))
     if unknown:
         raise UserError(f"labels {unknown} of {source} are not among the model's labels {labels}")
-    return task_data(rows, labels), source, get_task(cfg.task.type)
+    return task_data(rows, labels), source, get_task(cfg.task.type, labels)
 
 
 def evaluate_target(target: Path, data_spec: str | None, split: str, artifact: str | None, resamples: int = 1000) -> dict:

@@ -22,7 +22,7 @@ def run_splits(run_dir, manifest):
     from peftstd.data import load_splits
 
     cfg = load_config(run_dir / "config.yaml")
-    splits = load_splits(cfg.data)
+    splits = load_splits(cfg.data, cfg.task.type)
     recorded = manifest["data"]["sha256"]
     for name, digest in splits.sha256().items():
         if recorded.get(name) != digest:

@@ -7,6 +7,7 @@ half an artifact. A failed gate still writes the folder, with `export.json` mark
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -40,6 +41,9 @@ def check_request(run_dir: Path, profile: ExportProfile) -> None:
         raise UserError(f"run directory {str(run_dir)!r} does not exist")
     if not (run_dir / "manifest.json").is_file():
         raise UserError(f"{str(run_dir)!r} is not a finished run (no manifest.json); finish or resume it first")
+    task = json.loads((run_dir / "manifest.json").read_text())["task"]["type"]
+    if task != "text-classification":
+        raise UserError(f"peftstd export supports text-classification runs so far; this run is {task}")
     if profile.format == "tensorrt":
         if profile.target != "gpu":
             raise ConfigError("--format tensorrt needs --target gpu")
@@ -94,7 +98,7 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
     with stages.stage("load"):
         loaded = load_run(run_dir)
         cfg, splits = run_splits(run_dir, loaded.manifest)
-        task = get_task(loaded.manifest["task"]["type"])
+        task = get_task(loaded.manifest["task"]["type"], loaded.labels)
         max_length = cfg.model.max_length
         test = task_data(splits.test, loaded.labels)
         validation = task_data(splits.validation, loaded.labels)

@@ -14,15 +14,18 @@ LIBRARY = {"full": "transformers", "lora": "peft", "adalora": "peft", "adapter":
 
 
 def front_matter(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    from peftstd.tasks import get_task
+
     base = MODELS[cfg.model.name].hub_id if cfg.model.name in MODELS else cfg.model.name
     dataset = cfg.data.source
     test = metrics["test"]
+    shown = get_task(cfg.task.type).card_metrics
     return {
         "base_model": base,
         "library_name": LIBRARY[cfg.method],
         "license": MODELS[cfg.model.name].license if cfg.model.name in MODELS else "other",
         "datasets": [dataset],
-        "metrics": ["accuracy", "f1", "precision", "recall"],
+        "metrics": [kind for _, kind, _ in shown],
         "pipeline_tag": cfg.task.type,
         "tags": ["peftstd", cfg.task.type, cfg.method],
         "model-index": [{
@@ -30,18 +33,16 @@ def front_matter(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, An
             "results": [{
                 "task": {"type": cfg.task.type, "name": cfg.task.type.replace("-", " ").capitalize()},
                 "dataset": {"name": dataset, "type": dataset, "split": "test"},
-                "metrics": [
-                    {"type": "accuracy", "value": round(test["accuracy"], 4), "name": "Accuracy"},
-                    {"type": "f1", "value": round(test["macro_f1"], 4), "name": "Macro F1"},
-                    {"type": "precision", "value": round(test["macro_precision"], 4), "name": "Macro precision"},
-                    {"type": "recall", "value": round(test["macro_recall"], 4), "name": "Macro recall"},
-                ],
+                "metrics": [{"type": kind, "value": round(test[key], 4), "name": title} for key, kind, title in shown],
             }],
         }],
     }
 
 
 def render_card(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
+    from peftstd.tasks import get_task
+
+    task = get_task(cfg.task.type)
     meta = front_matter(name, cfg, manifest, metrics)
     section = cfg.method_section().model_dump()
     data_note = DATASETS[cfg.data.source].description if cfg.data.source in DATASETS else f"`{cfg.data.source}`"
@@ -54,6 +55,8 @@ def render_card(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, Any
         "max length": cfg.model.max_length, "seed": cfg.training.seed,
     }
     rows = "\n".join(f"| {k} | `{v}` |" for k, v in hyper.items())
+    results = "\n".join(f"| {title} | {test[key]:.4f} |" for key, _, title in task.card_metrics)
+    primary, primary_title = task.card_metrics[0][0], task.card_metrics[0][2]
     sizes = manifest["data"]["sizes"]
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
@@ -74,10 +77,7 @@ parameters were trained ({manifest['parameters']['trainable_percent']:.2f}%).
 
 | metric | value |
 |---|---|
-| accuracy | {test['accuracy']:.4f} |
-| macro F1 | {test['macro_f1']:.4f} |
-| macro precision | {test['macro_precision']:.4f} |
-| macro recall | {test['macro_recall']:.4f} |
+{results}
 
 Best validation {metrics['best']['metric']} {metrics['best']['value']:.4f} at step {metrics['best']['step']}; details in `report.md`.
 
@@ -90,8 +90,8 @@ Best validation {metrics['best']['metric']} {metrics['best']['value']:.4f} at st
 ## Intended use and limitations
 
 For {cfg.task.type} of text like the training data: {data_note.split(',')[0]}. It was evaluated on one
-held-out split of {sizes['test']} examples (about ±{100 * (test['accuracy'] * (1 - test['accuracy']) / max(sizes['test'], 1)) ** 0.5:.1f}
-points standard error on accuracy); expect lower accuracy on text from other domains, and check for the biases of
+held-out split of {sizes['test']} examples (about ±{100 * (test[primary] * (1 - test[primary]) / max(sizes['test'], 1)) ** 0.5:.1f}
+points binomial standard error on {primary_title.lower()}); expect lower scores on text from other domains, and check for the biases of
 the base model and the data before use in decisions about people.
 
 ## How to reproduce

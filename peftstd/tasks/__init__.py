@@ -14,13 +14,19 @@ CLASSIFICATION_METRICS = (
     "micro_f1",
     "loss",
 )
+TOKEN_CLASSIFICATION_METRICS = ("f1", "precision", "recall", "accuracy", "loss")  # entity-level micro (seqeval); token accuracy
 
-TASK_METRICS: dict[str, tuple[str, ...]] = {"text-classification": CLASSIFICATION_METRICS}
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "text-classification": CLASSIFICATION_METRICS,
+    "token-classification": TOKEN_CLASSIFICATION_METRICS,
+}
+PRIMARY_METRIC = {"text-classification": "accuracy", "token-classification": "f1"}
 LOWER_IS_BETTER = {"loss"}
 
 
-def get_task(name: str):
-    """The task implementation registered under `name`."""
+def get_task(name: str, labels: list[str] | None = None):
+    """The task implementation registered under `name` (with the run's label names, when known)."""
     from peftstd.tasks.classification import TextClassification
+    from peftstd.tasks.token_classification import TokenClassification
 
-    return {"text-classification": TextClassification}[name]()
+    return {"text-classification": TextClassification, "token-classification": TokenClassification}[name](labels)

@@ -23,6 +23,21 @@ class Task:
     name: ClassVar[str]
     peft_task_type: ClassVar[str]
     head_candidates: ClassVar[tuple[str, ...]] = ()
+    card_metrics: ClassVar[tuple[tuple[str, str, str], ...]] = ()  # (metrics key, model-card type, display name)
+
+    def __init__(self, labels: list[str] | None = None):
+        self.labels = labels  # label names in index order, set by `label_names` or by whoever loads a run
+
+    def loss(self, model, batch, label_smoothing: float = 0.0):
+        """The training loss: the model's own cross-entropy, or a label-smoothed one computed here
+        (positions labelled -100 are skipped either way)."""
+        if not label_smoothing:
+            return model(**batch).loss
+        import torch.nn.functional as F
+
+        labels = batch["labels"]
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=-100, label_smoothing=label_smoothing)
 
     def head_modules(self, model) -> list[str]:
         """Names of the task-head modules, always trained and saved whatever the method."""

@@ -17,6 +17,8 @@ class TextClassification(Task):
     peft_task_type = "SEQ_CLS"
     head_candidates = ("classifier", "score")
     primary_metric = "accuracy"
+    card_metrics = (("accuracy", "accuracy", "Accuracy"), ("macro_f1", "f1", "Macro F1"),
+                    ("macro_precision", "precision", "Macro precision"), ("macro_recall", "recall", "Macro recall"))
 
     def label_names(self, configured: list[str] | None, splits: Splits) -> list[str]:
         """Label names in index order; every validation/test label must be known."""
@@ -46,17 +48,7 @@ class TextClassification(Task):
             **config_overrides,
         )
 
-    def loss(self, model, batch, label_smoothing: float = 0.0):
-        """The training loss: the model's own cross-entropy, or a label-smoothed one computed here."""
-        if not label_smoothing:
-            return model(**batch).loss
-        import torch.nn.functional as F
-
-        labels = batch["labels"]
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-
-    def encode(self, tokenizer, rows: list[Example], labels: list[str], max_length: int) -> EncodedSplit:
+    def encode(self, tokenizer, rows: list[Example], labels: list[str], max_length: int, **_) -> EncodedSplit:
         texts = [row.text for row in rows]
         pairs = [row.text_pair for row in rows] if rows and rows[0].text_pair is not None else None
         full = tokenizer(texts, pairs, truncation=False, return_length=True, verbose=False)["length"]
@@ -87,7 +79,12 @@ class TextClassification(Task):
             out.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
         return out
 
-    def report(self, logits: np.ndarray, label_ids: np.ndarray, labels: list[str]) -> str:
+    def prediction_records(self, rows: list[Example], logits: np.ndarray, label_ids: np.ndarray, labels: list[str]) -> list[dict]:
+        return [{"origin": row.origin, "text": row.text, "text_pair": row.text_pair, "label": row.label,
+                 "prediction": labels[int(row_logits.argmax())], "logits": row_logits.tolist()}
+                for row, row_logits in zip(rows, logits)]
+
+    def report(self, logits: np.ndarray, label_ids: np.ndarray, labels: list[str], rows=None) -> str:
         """Markdown: per-class report and confusion matrix on the test split."""
         from sklearn.metrics import classification_report, confusion_matrix
 

