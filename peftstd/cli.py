@@ -152,7 +152,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from peftstd.evaluation.explain import explain_data, explain_text, print_explanation, write_html
+    from peftstd.evaluation.explain import explain_data, explain_entities, explain_text, print_explanation, write_html
     from peftstd.run.load import load_run
 
     if not args.texts and args.n is None:
@@ -162,12 +162,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be a positive number of examples, got {args.n}")
     run = Path(args.run)
+    if not (run / "manifest.json").is_file():
+        raise UserError(f"{str(run)!r} is not a finished run directory (no manifest.json)")
+    task = json.loads((run / "manifest.json").read_text())["task"]["type"]
+    if args.n is not None and task != "text-classification":
+        raise UserError(f"--n reports cover text-classification runs; for this {task} run give TEXTS")
     loaded = load_run(run)
-    if loaded.manifest["task"]["type"] != "text-classification":
-        raise UserError(f"explain supports text-classification runs; this run is {loaded.manifest['task']['type']}")
     max_length = loaded.manifest["data"]["max_length"]
+    explain_one = explain_entities if task == "token-classification" else explain_text
     if args.texts:
-        results = [explain_text(loaded, text, args.steps, max_length) for text in args.texts]
+        results = [explain_one(loaded, text, args.steps, max_length) for text in args.texts]
         for result in results:
             print_explanation(result)
         sections, title = [("", results)], f"peftstd explain: {run.name}"
@@ -240,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
     ensemble.set_defaults(func=cmd_ensemble)
 
-    explain = sub.add_parser("explain", help="Integrated Gradients token attributions for a run's predictions")
+    explain = sub.add_parser("explain", help="Integrated Gradients token attributions: per class, or per predicted entity (NER)")
     explain.add_argument("run", help="run directory")
     explain.add_argument("texts", nargs="*", help="texts to explain")
     explain.add_argument("--n", type=int, help="report on N examples of --data: the most confident wrong, most and least confident right")

@@ -255,7 +255,8 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             **provenance.base_manifest(),
             "run_name": name,
             "seed": cfg.training.seed,
-            "base_model": {"name": base.name, "source": base.source, "path": str(base.path), "weights_sha256": weights_sha256(base.path)},
+            "base_model": {"name": base.name, "source": base.source, "path": str(base.path), "weights_sha256": weights_sha256(base.path),
+                           "pretraining_run": base.source.removeprefix("pretraining-run:") if base.source.startswith("pretraining-run:") else None},
             "method": {"name": method.name, "weights_dir": method.weights_dir, **method.run_summary(unwrapped)},
             "task": {"type": task.name, "labels": labels},
             "data": {

@@ -133,3 +133,20 @@ def test_ner_errors_are_one_line(tiny_model, tmp_path):
     assert result.returncode == 2 and "2 tokens but 1 tags" in result.stderr.strip().splitlines()[-1]
     result = run_recipe(tiny_overrides(tiny_model, data, tmp_path, "bad2", "data.source=vader-movies", "task.type=token-classification"))
     assert result.returncode == 2 and "is a text-classification dataset" in result.stderr
+
+
+def test_explain_attributes_each_predicted_entity_with_completeness(ner_run, tmp_path):
+    from conftest import peftstd
+
+    result = peftstd("explain", str(ner_run), "the movie was great and wonderful but the plot was awful", "--steps", "32",
+                     "--html", str(tmp_path / "ner.html"), "--json", str(tmp_path / "ner.json"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    explained = json.loads((tmp_path / "ner.json").read_text())[0]
+    assert explained["classes"], "the trained tagger found no entity in a sentence full of them"
+    assert {e["type"] for e in explained["classes"]} <= {"pos", "neg"}
+    for entity in explained["classes"]:
+        assert entity["text"] == " ".join(explained["text"].split()[entity["start"] : entity["end"]])
+        difference = entity["logit"] - entity["baseline_logit"]
+        assert abs(entity["attribution_sum"] - difference) <= abs(entity["convergence_delta"]) + 1e-5
+    page = (tmp_path / "ner.html").read_text()
+    assert "background:rgb" in page and explained["classes"][0]["text"] in page

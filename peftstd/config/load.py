@@ -17,12 +17,13 @@ from peftstd.config.schema import RecipeConfig
 from peftstd.errors import ConfigError
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RecipeConfig:
-    """The validated recipe from `path` (defaults only when None) with `overrides` applied."""
+def load_config(path: str | Path | None, overrides: list[str] = (), schema: type[BaseModel] = RecipeConfig):
+    """The validated recipe from `path` (defaults only when None) with `overrides` applied; `schema` is
+    the fine-tune recipe's unless given (recipes/pretrain.py passes its own)."""
     raw = read_yaml(path) if path is not None else {}
     for override in overrides:
         apply_override(raw, override)
-    return validate(raw)
+    return validate(raw, schema)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -64,14 +65,14 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node[leaf] = value
 
 
-def validate(raw: dict[str, Any]) -> RecipeConfig:
+def validate(raw: dict[str, Any], schema: type[BaseModel] = RecipeConfig):
     try:
-        return RecipeConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(describe(error)) from None
+        raise ConfigError(describe(error, schema)) from None
 
 
-def describe(error: ValidationError) -> str:
+def describe(error: ValidationError, schema: type[BaseModel] = RecipeConfig) -> str:
     """One line for the first problem, with a count of the others."""
     problems = error.errors(include_url=False)
     first = problems[0]
@@ -79,8 +80,8 @@ def describe(error: ValidationError) -> str:
     dotted = ".".join(loc)
     if first["type"] == "extra_forbidden":
         message = f"unknown key '{dotted}'"
-        suggestion = closest_key(loc)
-        message += f" — did you mean '{suggestion}'?" if suggestion else f"; allowed: {', '.join(keys_at(loc[:-1]))}"
+        suggestion = closest_key(loc, schema)
+        message += f" — did you mean '{suggestion}'?" if suggestion else f"; allowed: {', '.join(keys_at(loc[:-1], schema))}"
     else:
         text = first["msg"].removeprefix("Value error, ")
         message = f"{dotted}: {text}" if loc else text
@@ -91,9 +92,9 @@ def describe(error: ValidationError) -> str:
     return message
 
 
-def keys_at(loc: list[str]) -> list[str]:
+def keys_at(loc: list[str], schema: type[BaseModel] = RecipeConfig) -> list[str]:
     """The valid field names of the section at `loc`."""
-    model: type[BaseModel] = RecipeConfig
+    model: type[BaseModel] = schema
     for part in loc:
         annotation = model.model_fields[part].annotation
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
@@ -102,10 +103,10 @@ def keys_at(loc: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def closest_key(loc: list[str]) -> str | None:
+def closest_key(loc: list[str], schema: type[BaseModel] = RecipeConfig) -> str | None:
     """The dotted name of the valid key closest to the unknown one, searching the whole schema."""
     wanted = ".".join(loc)
-    candidates = all_dotted_keys(RecipeConfig)
+    candidates = all_dotted_keys(schema)
     match = difflib.get_close_matches(wanted, candidates, n=1, cutoff=0.6)
     return match[0] if match else None
 

@@ -58,6 +58,8 @@ def load_splits(section, task: str = "text-classification") -> Splits:
 def read_source(spec: str, section, bad: list[str], task: str = "text-classification") -> dict[str, list]:
     """Examples of one source, keyed by split name ('train' only unless the source has its own splits)."""
     if spec in DATASETS:
+        if task == "corpus":  # pretraining reads the text of any registered dataset
+            return {"train": [Example(row.text, "", origin=row.origin) for row in DATASETS[spec].load()]}
         if DATASETS[spec].task != task:
             raise DataError(f"dataset {spec!r} is a {DATASETS[spec].task} dataset, not {task}; "
                             f"{task} datasets: {', '.join(n for n, d in DATASETS.items() if d.task == task) or 'none registered'}")
@@ -72,12 +74,15 @@ def read_file(path: Path, section, bad: list[str], task: str = "text-classificat
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
-    allowed = (".jsonl", ".json", *CONLL_SUFFIXES) if task in TOKEN_TASKS else FILE_SUFFIXES
+    allowed = {"corpus": (*FILE_SUFFIXES, ".txt")}.get(task, (".jsonl", ".json", *CONLL_SUFFIXES) if task in TOKEN_TASKS else FILE_SUFFIXES)
     if suffix not in allowed:
         raise DataError(f"data file {str(path)!r} has an unsupported type for {task}; allowed: {', '.join(allowed)}")
     if path.stat().st_size == 0:
         raise DataError(f"data file {str(path)!r} is empty")
-    if suffix in CONLL_SUFFIXES:
+    if task == "corpus" and suffix == ".txt":  # plain text: one example per non-blank line
+        lines = path.read_text(encoding="utf-8", errors="strict").splitlines()
+        examples = [Example(line.strip(), "", origin=f"{path.name}:{i}") for i, line in enumerate(lines, start=1) if line.strip()]
+    elif suffix in CONLL_SUFFIXES:
         examples = read_conll(path, section.conll_separator, section.conll_sentence_delimiter)
     elif suffix in (".jsonl", ".json"):
         examples = to_examples(read_jsonl(path), section, bad, task)
@@ -164,9 +169,9 @@ def to_examples(records: Iterable[tuple[str, dict[str, Any]]], section, bad: lis
     examples = []
     for origin, row in records:
         text = row.get(section.text_column)
-        label = row.get(section.label_column)
+        label = row.get(section.label_column) if task != "corpus" else ""  # a corpus needs text only
         pair = row.get(section.text_pair_column) if section.text_pair_column else None
-        if is_missing(text) or is_missing(label) or (section.text_pair_column and is_missing(pair)):
+        if is_missing(text) or (task != "corpus" and is_missing(label)) or (section.text_pair_column and is_missing(pair)):
             bad.append(origin)
             continue
         examples.append(Example(text=str(text), label=str(label), text_pair=None if pair is None else str(pair), origin=origin))

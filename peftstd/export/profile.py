@@ -61,4 +61,4 @@ def load_profile(path: str | None, overrides: dict) -> ExportProfile:
     try:
         return ExportProfile.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(f"export profile: {describe(error)}") from None
+        raise ConfigError(f"export profile: {describe(error, ExportProfile)}") from None

@@ -45,10 +45,24 @@ MODELS: dict[str, NamedModel] = {
 }
 
 
+def pretraining_model(path: Path) -> Path | None:
+    """The model folder of a finished recipes/pretrain.py run directory, else None."""
+    import json
+
+    manifest = path / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("pretraining"):
+        return path / json.loads(manifest.read_text())["pretraining"]["model_dir"]
+    return None
+
+
 def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
+    """A registry name, a model folder, a pretraining run directory (its model/ folder), or a hub id."""
     if name in MODELS:
         return ResolvedModel(name, MODELS[name].locate(), f"registry:{name}")
     path = Path(name).expanduser()
+    if path.is_dir() and (model_dir := pretraining_model(path)) is not None:
+        check_model_folder(model_dir)
+        return ResolvedModel(name, model_dir.resolve(), f"pretraining-run:{path.resolve()}")
     if path.exists() or name.startswith((".", "/", "~")):
         check_model_folder(path)
         return ResolvedModel(name, path.resolve(), "local")

@@ -1,0 +1,59 @@
+"""The schema of recipes/pretrain.py: masked-LM or causal-LM pretraining, from scratch or continued.
+
+It shares the model, data, training and output sections with the fine-tune schema, so that a pretraining
+run directory has the same contract (config.yaml, manifest.json, metrics.json, model/) and its folder can
+be named as `model.name` in a fine-tune config.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from peftstd.config.schema import SCHEMA_VERSION, DataSection, ModelSection, OutputSection, TrainingSection
+from peftstd.config.section import Section
+from peftstd.methods.lora import LoraSection
+
+# Small architectures for pretraining from scratch, by name (any model config.json file works too).
+PRESETS: dict[str, dict] = {
+    "bert-mini": {"model_type": "bert", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
+    "bert-tiny": {"model_type": "bert", "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512},
+    "gpt2-tiny": {"model_type": "gpt2", "n_embd": 128, "n_layer": 2, "n_head": 2},
+}
+
+
+class MaskingSection(Section):
+    probability: float = Field(0.15, gt=0, lt=1, description="Masked-LM: share of tokens selected for prediction (of those: 80% [MASK], 10% random, 10% kept).")
+    whole_word: bool = Field(False, description="Masked-LM: select whole words (all their word pieces together, all replaced by [MASK]) instead of single pieces.")
+
+
+class PretrainEvaluation(Section):
+    every_steps: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps; once per epoch when omitted.")
+    batch_size: int = Field(64, ge=1, description="Sequences per evaluation batch.")
+    seed: int = Field(1234, description="Seed of the validation masking, so every evaluation (and the starting model's) scores the same masks.")
+
+
+class PretrainConfig(Section):
+    schema_version: str = Field(SCHEMA_VERSION, description="Version of the peftstd recipe schema this config follows.")
+    objective: Literal["masked-lm", "causal-lm"] = Field("masked-lm", description="Masked-LM (BERT-style) or causal-LM (next token, packed blocks).")
+    model: ModelSection = Field(default_factory=ModelSection, description="Model to continue pretraining; with `from_scratch`, only its tokenizer is used.")
+    from_scratch: str | None = Field(
+        None, description=f"Start from random weights of this architecture: a preset ({', '.join(PRESETS)}) or a config.json path; null continues from `model`.")
+    data: DataSection = Field(default_factory=DataSection, description="Corpus: only the text column and the train/validation split are used; the test split is never read.")
+    masking: MaskingSection = Field(default_factory=MaskingSection, description="Masked-LM settings.")
+    block_size: int = Field(128, ge=8, description="Causal-LM: the corpus is tokenized, concatenated and cut into blocks of this many tokens.")
+    method: Literal["full", "lora"] = Field("full", description="Train every weight, or LoRA (merged into the weights when saved).")
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (used when method is lora).")
+    training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation settings (learning rate: 5e-5 full, 5e-4 LoRA when omitted).")
+    evaluation: PretrainEvaluation = Field(default_factory=PretrainEvaluation, description="Validation loss, perplexity and (masked-LM) accuracy.")
+    output: OutputSection = Field(default_factory=OutputSection, description="Run directory settings.")
+
+    @model_validator(mode="after")
+    def _scratch_is_full(self) -> "PretrainConfig":
+        if self.from_scratch and self.method != "full":
+            raise ValueError("from_scratch trains every weight; method must be full")
+        return self
+
+    def learning_rate(self) -> float:
+        return self.training.learning_rate or (5e-4 if self.method == "lora" else 5e-5)

@@ -1,0 +1,1 @@
+"""Pretraining (recipes/pretrain.py): corpus features, model construction, language-model evaluation."""

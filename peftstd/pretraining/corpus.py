@@ -1,0 +1,37 @@
+"""Training sequences from a text corpus: sentences for masked-LM, packed fixed-size blocks for causal-LM."""
+
+from __future__ import annotations
+
+from peftstd.tasks.base import EncodedSplit
+
+
+def masked_lm_features(tokenizer, rows, cfg, seed: int | None = None):
+    """One sequence per text (truncated to model.max_length) and the BERT-style masking collator
+    (80% [MASK], 10% random token, 10% unchanged). With masking.whole_word, all pieces of a selected word
+    become [MASK]: transformers' whole-word masking has no random-replacement step (and its own fallback to
+    that setting crashes in 4.57, so it is passed explicitly)."""
+    from transformers import DataCollatorForLanguageModeling
+
+    whole_word = cfg.masking.whole_word
+    encoded = tokenizer([r.text for r in rows], truncation=True, max_length=cfg.model.max_length,
+                        return_special_tokens_mask=True, return_offsets_mapping=whole_word)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask", "offset_mapping") if k in encoded]
+    features = [{k: encoded[k][i] for k in keys} for i in range(len(rows))]
+    replace = {"mask_replace_prob": 1.0, "random_replace_prob": 0.0} if whole_word else {}
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=cfg.masking.probability,
+                                               whole_word_mask=whole_word, seed=seed, **replace)
+    return EncodedSplit(features, [len(f["input_ids"]) for f in features]), collator
+
+
+def causal_blocks(tokenizer, rows, block_size: int):
+    """The texts tokenized, joined with the end-of-text token and cut into `block_size` blocks (the
+    remainder is dropped), with the causal-LM collator (labels = inputs; the model shifts them)."""
+    from transformers import DataCollatorForLanguageModeling
+
+    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream = [token for ids in tokenizer([r.text for r in rows], add_special_tokens=False)["input_ids"] for token in ids + separator]
+    blocks = [stream[i : i + block_size] for i in range(0, len(stream) - block_size + 1, block_size)]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    features = [{"input_ids": block, "attention_mask": [1] * block_size} for block in blocks]
+    return EncodedSplit(features, [block_size] * len(blocks)), DataCollatorForLanguageModeling(tokenizer, mlm=False)

@@ -1,0 +1,49 @@
+"""The model a pretraining run trains: continued from a pretrained folder, or random weights of a preset or
+config file; LoRA-wrapped when asked (and merged back before saving, so the result is a plain folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peftstd.errors import ConfigError
+
+HEAD_NAMES = ("cls", "lm_head", "vocab_projector", "vocab_transform", "vocab_layer_norm")
+
+
+def build_model(cfg, base_path: Path, tokenizer):
+    """(model, a phrase saying where it started) for the configured objective."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from peftstd.config.pretrain import PRESETS
+
+    auto = AutoModelForMaskedLM if cfg.objective == "masked-lm" else AutoModelForCausalLM
+    if cfg.from_scratch:
+        if cfg.from_scratch in PRESETS:
+            settings = dict(PRESETS[cfg.from_scratch])
+            config = AutoConfig.for_model(settings.pop("model_type"), **settings, vocab_size=len(tokenizer))
+        elif Path(cfg.from_scratch).is_file():
+            config = AutoConfig.from_pretrained(cfg.from_scratch)
+        else:
+            raise ConfigError(f"from_scratch {cfg.from_scratch!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json file")
+        if cfg.objective == "masked-lm" and tokenizer.mask_token is None:
+            raise ConfigError("masked-LM needs a tokenizer with a mask token; use objective=causal-lm for this tokenizer")
+        return auto.from_config(config), f"random weights ({cfg.from_scratch})"
+    try:
+        model = auto.from_pretrained(base_path)
+    except ValueError as error:  # e.g. a decoder-only model asked for masked-LM
+        raise ConfigError(f"{cfg.model.name} cannot be trained as {cfg.objective}: {str(error).splitlines()[0]}") from None
+    started = f"{cfg.model.name}"
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        heads = [name for name in HEAD_NAMES if hasattr(model, name)]
+        model = get_peft_model(model, LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                                 target_modules=cfg.lora.target_modules, modules_to_save=heads))
+    return model, started
+
+
+def merge_for_saving(model, cfg):
+    """A plain transformers model: LoRA folded into the weights."""
+    if cfg.method == "lora":
+        return model.merge_and_unload()
+    return model

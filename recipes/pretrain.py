@@ -1,0 +1,231 @@
+#!/usr/bin/env python
+"""Pretrain a transformer under the peftstd standard: masked-LM (BERT-style) or causal-LM (packed blocks).
+
+    accelerate launch recipes/pretrain.py                       # offline default: continued MLM of MiniLM on VADER text
+    accelerate launch recipes/pretrain.py --config recipes/configs/minilm_mlm_vader.yaml masking.whole_word=true
+    accelerate launch recipes/pretrain.py objective=causal-lm from_scratch=gpt2-tiny model.name=... data.source=corpus.txt
+
+Reads top to bottom: config -> corpus -> model -> masking and blocks -> training loop -> run directory.
+The run directory holds `model/`, a plain transformers folder: name the run directory as `model.name`
+in a fine-tune config, and that run's manifest points back here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from peftstd.config import load_config  # noqa: E402
+from peftstd.config.pretrain import PretrainConfig  # noqa: E402
+from peftstd.errors import exit_on_user_error  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "minilm_mlm_vader.yaml"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="pretraining YAML (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.epochs=2 masking.probability=0.2")
+    return parser.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides, schema=PretrainConfig)  # fails fast, before torch is imported
+    return pretrain(cfg, args.config)
+
+
+def pretrain(cfg: PretrainConfig, config_path: str) -> int:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list, set_seed
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
+    from peftstd.config import to_yaml
+    from peftstd.data import load_splits
+    from peftstd.models import resolve_model
+    from peftstd.models.parameters import parameter_counts
+    from peftstd.models.registry import weights_sha256
+    from peftstd.pretraining.corpus import causal_blocks, masked_lm_features
+    from peftstd.pretraining.evaluate import evaluate_lm, fixed_masks
+    from peftstd.pretraining.model import build_model, merge_for_saving
+    from peftstd.run import atomic, manifest as provenance
+    from peftstd.run.report import plot_curves
+    from peftstd.run.rundir import check_run_path, point_latest, run_name
+    from peftstd.training.batching import train_loader
+    from peftstd.training.distributed import check_world_size
+    from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps
+    from peftstd.training.precision import accelerate_name, resolve_precision
+
+    started = time.time()
+    precision, precision_reason = resolve_precision(cfg.training.precision, torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=accelerate_name(precision),
+                              gradient_accumulation_steps=cfg.training.gradient_accumulation_steps)
+    check_world_size(accelerator.num_processes)
+    set_seed(cfg.training.seed)
+    is_main = accelerator.is_main_process
+
+    # --- Corpus: the train and validation splits of the data section (the test split is never read)
+    base = resolve_model(cfg.model.name, cfg.model.revision)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    splits = load_splits(cfg.data, "corpus")
+    name = broadcast_object_list([run_name(cfg.output.name, config_path)])[0]
+    run_dir = Path(cfg.output.dir) / name
+    if is_main:
+        check_run_path(run_dir, cfg.output.overwrite)  # pretraining runs are short: no checkpoints, no resume
+
+    # --- Model: continued from `model`, or random weights of a preset / config file ---------------
+    model, started_from = build_model(cfg, base.path, tokenizer)
+
+    # --- Features: masked-LM sentences (masks drawn per batch) or causal-LM packed blocks ----------
+    if cfg.objective == "masked-lm":
+        train, collator = masked_lm_features(tokenizer, splits.train, cfg)
+        validation, _ = masked_lm_features(tokenizer, splits.validation, cfg)
+        validation_batches = fixed_masks(validation, collator, cfg.evaluation.batch_size, cfg.evaluation.seed)
+    else:
+        train, collator = causal_blocks(tokenizer, splits.train, cfg.block_size)
+        validation, _ = causal_blocks(tokenizer, splits.validation, cfg.block_size)
+        validation_batches = fixed_masks(validation, collator, cfg.evaluation.batch_size, cfg.evaluation.seed)
+    steps_per_epoch, total_steps = optimizer_steps(
+        len(train), cfg.training.batch_size, accelerator.num_processes,
+        cfg.training.gradient_accumulation_steps, cfg.training.epochs, cfg.training.max_steps,
+    )
+
+    learning_rate = cfg.learning_rate()
+    optimizer = build_optimizer(model, learning_rate, cfg.training.weight_decay)
+    scheduler = build_scheduler(optimizer, cfg.training.scheduler, total_steps, cfg.training.warmup_ratio)
+    train_dl, epoch_generator = train_loader(train, collator, cfg.training.batch_size, cfg.training.group_by_length)
+    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    unwrapped = accelerator.unwrap_model(model)
+    parameters = parameter_counts(unwrapped)
+
+    # --- The starting point, scored on the same validation masks as every later evaluation ---------
+    start_metrics = evaluate_lm(model, validation_batches, accelerator, causal=cfg.objective == "causal-lm")
+    history = {"train": [], "validation": [{"step": 0, **start_metrics}]}
+    best = {"step": 0, **start_metrics}
+    best_state = None
+    if is_main:
+        if run_dir.exists():  # check_run_path allowed it: output.overwrite
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        atomic.write_text(run_dir / "config.yaml", to_yaml(cfg))
+        print(f"{cfg.objective} from {started_from}: {len(train):,} training {'sequences' if cfg.objective == 'masked-lm' else 'blocks'}, "
+              f"{total_steps} steps, {precision}; start: validation perplexity {start_metrics['perplexity']:.2f}", file=sys.stderr)
+
+    # --- Training loop ---------------------------------------------------------------------------------
+    eval_every = cfg.evaluation.every_steps or steps_per_epoch
+    progress = tqdm(total=total_steps, desc="pretrain", disable=not is_main, dynamic_ncols=True)
+    step, epoch, running, seen, train_started = 0, 0, [], 0, time.time()
+    model.train()
+    while step < total_steps:
+        epoch_generator.manual_seed(cfg.training.seed + epoch)
+        for batch in train_dl:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.training.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.training.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+            running.append(loss.detach().float().item())
+            seen += len(batch["input_ids"]) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+            if step % cfg.training.log_every_steps == 0 or step == total_steps:
+                history["train"].append({"step": step, "loss": sum(running) / len(running), "learning_rate": scheduler.get_last_lr()[0]})
+                progress.set_postfix(loss=f"{history['train'][-1]['loss']:.3f}")
+                running = []
+            if step % eval_every == 0 or step == total_steps:
+                metrics = evaluate_lm(model, validation_batches, accelerator, causal=cfg.objective == "causal-lm")
+                history["validation"].append({"step": step, **metrics})
+                if metrics["loss"] < best["loss"]:
+                    best = {"step": step, **metrics}
+                    best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
+                if is_main:
+                    progress.write(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if step >= total_steps:
+                break
+        else:
+            epoch += 1
+    progress.close()
+    train_seconds = time.time() - train_started
+
+    # --- Run directory: the best weights as a plain transformers folder, metrics, manifest ----------
+    if best_state is not None:
+        unwrapped.load_state_dict(best_state)
+    if is_main:
+        final = merge_for_saving(unwrapped, cfg)
+        atomic.replace_dir(run_dir / "model", lambda d: (final.save_pretrained(d, safe_serialization=True), tokenizer.save_pretrained(d)))
+        metrics_doc = {"objective": cfg.objective, "start": start_metrics, "best": best, "history": history,
+                       "perplexity_reduction": 1 - best["perplexity"] / start_metrics["perplexity"]}
+        atomic.write_json(run_dir / "metrics.json", metrics_doc)
+        plot_curves({"train": history["train"], "validation": history["validation"][1:]}, "perplexity", run_dir / "curves.png")
+        manifest = {
+            **provenance.base_manifest(),
+            "run_name": name,
+            "seed": cfg.training.seed,
+            "pretraining": {"objective": cfg.objective, "started_from": started_from, "model_dir": "model",
+                            "masking": cfg.masking.model_dump() if cfg.objective == "masked-lm" else None,
+                            "block_size": cfg.block_size if cfg.objective == "causal-lm" else None},
+            "base_model": {"name": base.name, "source": base.source, "path": str(base.path),
+                           "weights_sha256": weights_sha256(base.path) if not cfg.from_scratch else None},
+            "method": {"name": cfg.method},
+            "task": {"type": cfg.objective},
+            "data": {"sources": splits.sources, "sizes": {"train": len(splits.train), "validation": len(splits.validation)},
+                     "sha256": {k: v for k, v in splits.sha256().items() if k != "test"}, "sequences": {"train": len(train), "validation": len(validation)}},
+            "parameters": parameters,
+            "training": {"precision": precision, "precision_reason": precision_reason, "world_size": accelerator.num_processes,
+                         "learning_rate": learning_rate, "optimizer_steps": step, "train_seconds": train_seconds,
+                         "train_sequences_per_second": seen / train_seconds},
+            "wall_time_s": time.time() - started,
+            "peak_memory": provenance.peak_memory_mb(),
+        }
+        atomic.write_text(run_dir / "report.md", report(name, manifest, metrics_doc))
+        manifest["files"] = provenance.file_hashes(run_dir)
+        atomic.write_json(run_dir / "manifest.json", manifest)
+        point_latest(run_dir)
+        print(f"validation perplexity {start_metrics['perplexity']:.2f} -> {best['perplexity']:.2f} (best, step {best['step']})")
+        print(f"run directory: {run_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return 0
+
+
+def report(name: str, manifest: dict, metrics: dict) -> str:
+    start, best = metrics["start"], metrics["best"]
+    rows = "\n".join(f"| {key} | {start[key]:.4f} | {best[key]:.4f} |" for key in start)
+    return f"""# Pretraining run `{name}`
+
+{manifest['pretraining']['objective']} from {manifest['pretraining']['started_from']}, {manifest['training']['optimizer_steps']} optimizer
+steps, {manifest['parameters']['trainable']:,} trainable parameters, {manifest['training']['precision']}.
+Data: `{manifest['data']['sources']['train']}`, train {manifest['data']['sizes']['train']} / validation
+{manifest['data']['sizes']['validation']} texts; the test split is never read.
+
+## Validation (same masks for every row)
+
+| metric | start | best (step {best['step']}) |
+|---|---|---|
+{rows}
+
+Fine-tune from it: `model.name: {manifest['run_name']}` resolved against the runs folder, e.g.
+`accelerate launch recipes/finetune.py model.name=runs/{manifest['run_name']}`.
+
+```
+{manifest['command']}
+```
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
