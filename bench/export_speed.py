@@ -144,6 +144,38 @@ def run_benchmark(args, scratch: Path) -> None:
         accuracy = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
         lines.append(f"| {r['batch']} | {r['backend']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['samples_per_s']:.1f} | {r['speedup_vs_pytorch_fp32']:.2f}x | {accuracy} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    chart(results, out.with_suffix(".png"))
+
+
+def chart(results: dict, path: Path) -> None:
+    """Speed-up over PyTorch eager fp32 per backend, one bar group per batch size, test accuracy in the labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    batches = sorted({r["batch"] for r in rows})
+    names = list(dict.fromkeys(r["backend"] for r in rows))
+    cell = {(r["backend"], r["batch"]): r for r in rows}
+    figure, axis = plt.subplots(figsize=(10, 0.45 * len(names) * len(batches) + 1.5))
+    height = 0.8 / len(batches)
+    for i, batch in enumerate(batches):
+        values = [cell[n, batch]["speedup_vs_pytorch_fp32"] if (n, batch) in cell else 0 for n in names]
+        positions = [k + i * height for k in range(len(names))]
+        axis.barh(positions, values, height=height, label=f"batch {batch}")
+        for y, value in zip(positions, values):
+            axis.text(value, y, f" {value:.2f}x", va="center", fontsize=8)
+    accuracy = {n: cell[n, batches[0]]["accuracy"] for n in names if (n, batches[0]) in cell}
+    axis.set_yticks([k + 0.4 - height / 2 for k in range(len(names))])
+    axis.set_yticklabels([f"{n} (acc {accuracy[n]:.4f})" if accuracy.get(n) is not None else n for n in names], fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xlabel(f"speed-up over PyTorch eager fp32 (p50 latency, sequence {results['sequence']}, {results['threads']} threads)")
+    axis.legend(loc="lower right")
+    axis.set_title(f"Export speed on {results['machine']['cpu']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

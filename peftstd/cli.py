@@ -66,7 +66,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from peftstd.export.predict import predict
 
     for row in predict(Path(args.export_dir), args.texts, args.artifact):
-        print(f"{row['label']}\t{row['probability']:.4f}\t{row['text']}")
+        if "entities" in row:
+            print(f"{row['label']}\t{row['text']}")
+        else:
+            print(f"{row['label']}\t{row['probability']:.4f}\t{row['text']}")
     return 0
 
 

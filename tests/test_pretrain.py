@@ -110,3 +110,16 @@ def test_bad_pretraining_configs_are_one_line_errors(tiny_model, tmp_path, overr
     result = run_pretrain(*pretrain_overrides(tiny_model, tmp_path / "none.txt", tmp_path, "bad", *extra))
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_head_only_trains_nothing_but_the_head(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForMaskedLM
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": r["text"]} for r in synthetic_rows(100)])
+    result = run_pretrain(*pretrain_overrides(tiny_model, corpus, tmp_path, "head", "head_only=true", "training.max_steps=5"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = AutoModelForMaskedLM.from_pretrained(tiny_model).state_dict()
+    after = load_file(str(tmp_path / "head" / "model" / "model.safetensors"))
+    changed = {k for k in after if k in before and not (after[k] == before[k]).all()}
+    assert changed and all(k.startswith("cls.") for k in changed)

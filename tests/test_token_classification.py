@@ -150,3 +150,22 @@ def test_explain_attributes_each_predicted_entity_with_completeness(ner_run, tmp
         assert abs(entity["attribution_sum"] - difference) <= abs(entity["convergence_delta"]) + 1e-5
     page = (tmp_path / "ner.html").read_text()
     assert "background:rgb" in page and explained["classes"][0]["text"] in page
+
+
+def test_ner_run_exports_and_passes_the_gate_on_entity_f1(ner_run, tmp_path):
+    from conftest import peftstd
+
+    out = tmp_path / "export"
+    result = peftstd("export", str(ner_run), "--int8", "--budget", "100", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "export.json").read_text())
+    assert report["status"] == "passed" and report["gate"]["metric"] == "f1"
+    fp32 = next(r for r in report["gate"]["artifacts"] if r["artifact"] == "fp32")
+    trained_f1 = json.loads((ner_run / "metrics.json").read_text())["test"]["f1"]
+    assert fp32["parity_passed"] and abs(fp32["value"] - trained_f1) < 1e-9  # same entities as the run reported
+    assert "test f1" in (out / "README.md").read_text()
+    predicted = peftstd("predict", str(out), "the movie was great and wonderful")
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert "pos:" in predicted.stdout or "(no entities)" in predicted.stdout
+    pruned = peftstd("export", str(ner_run), "--prune", "0.2", "--out", str(tmp_path / "pruned"))
+    assert pruned.returncode == 2 and "--prune supports text-classification" in pruned.stderr

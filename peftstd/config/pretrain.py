@@ -45,14 +45,19 @@ class PretrainConfig(Section):
     block_size: int = Field(128, ge=8, description="Causal-LM: the corpus is tokenized, concatenated and cut into blocks of this many tokens.")
     method: Literal["full", "lora"] = Field("full", description="Train every weight, or LoRA (merged into the weights when saved).")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (used when method is lora).")
+    head_only: bool = Field(
+        False, description="Train only the LM head (the body frozen): the baseline that shows how much of a perplexity drop is the body's, "
+        "when the starting model ships without the objective's head.")
     training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation settings (learning rate: 5e-5 full, 5e-4 LoRA when omitted).")
     evaluation: PretrainEvaluation = Field(default_factory=PretrainEvaluation, description="Validation loss, perplexity and (masked-LM) accuracy.")
     output: OutputSection = Field(default_factory=OutputSection, description="Run directory settings.")
 
     @model_validator(mode="after")
     def _scratch_is_full(self) -> "PretrainConfig":
-        if self.from_scratch and self.method != "full":
-            raise ValueError("from_scratch trains every weight; method must be full")
+        if self.from_scratch and (self.method != "full" or self.head_only):
+            raise ValueError("from_scratch trains every weight; method must be full and head_only false")
+        if self.head_only and self.method != "full":
+            raise ValueError("head_only trains the head in full; set method=full")
         return self
 
     def learning_rate(self) -> float:

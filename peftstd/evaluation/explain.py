@@ -85,6 +85,7 @@ def explain_entities(loaded, text: str, steps: int = 64, max_length: int = 128) 
     summary = ", ".join(f"{e['type']}: {e['text']}" for e in entities) or "no entities"
     return {"text": text, "tokens": tokenizer.convert_ids_to_tokens(encoded["input_ids"][0]), "tags": tags, "prediction": summary,
             "probability": min((float(probabilities[first_piece[e['start']]].max()) for e in entities), default=1.0),
+            "probability_name": "lowest entity p",
             "steps": steps, "classes": entities}
 
 
@@ -100,7 +101,7 @@ def print_explanation(result: dict) -> None:
     from rich.text import Text
 
     console = Console()
-    console.print(f"prediction: [bold]{result['prediction']}[/bold] (p={result['probability']:.3f}); Integrated Gradients, {result['steps']} steps")
+    console.print(f"prediction: [bold]{result['prediction']}[/bold] ({result.get('probability_name', 'p')}={result['probability']:.3f}); Integrated Gradients, {result['steps']} steps")
     for cls in result["classes"]:
         scale = max(abs(a) for a in cls["attributions"]) or 1.0
         line = Text(f"{cls['label']:>10}: ")
@@ -146,7 +147,7 @@ def explain_data(loaded, data, n: int, steps: int, max_length: int) -> list[tupl
 def render_result(result: dict) -> str:
     truth = f", true label <b>{html.escape(result['label'])}</b>" if "label" in result else ""
     rows = [f"<h3>{html.escape(result['text'])}</h3><p>prediction <b>{html.escape(result['prediction'])}</b> "
-            f"(p={result['probability']:.3f}){truth}</p>"]
+            f"({result.get('probability_name', 'p')}={result['probability']:.3f}){truth}</p>"]
     for cls in result["classes"]:
         scale = max(abs(a) for a in cls["attributions"]) or 1.0
         spans = "".join(

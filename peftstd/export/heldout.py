@@ -11,9 +11,18 @@ from peftstd.errors import UserError
 
 @dataclass
 class TaskData:
+    """Model inputs and gold label ids of one split. Token classification: `words` holds each sentence's
+    words, `texts` their joined form (lengths, speed feeds), and `label_ids` [N, max_length] per word piece
+    (-100 where nothing is scored), aligned with how `inference.batches` tokenizes."""
+
     texts: list[str]
     pairs: list[str] | None
     label_ids: np.ndarray
+    words: list[list[str]] | None = None
+
+    def head(self, n: int) -> "TaskData":
+        return TaskData(self.texts[:n], self.pairs[:n] if self.pairs else None, self.label_ids[:n],
+                        self.words[:n] if self.words else None)
 
 
 def run_splits(run_dir, manifest):
@@ -30,7 +39,16 @@ def run_splits(run_dir, manifest):
     return cfg, splits
 
 
-def task_data(rows, labels: list[str]) -> TaskData:
+def task_data(rows, labels: list[str], tokenizer=None, max_length: int | None = None) -> TaskData:
+    """`tokenizer` and `max_length` are needed for token classification (word-piece label alignment)."""
+    if rows and hasattr(rows[0], "tokens"):
+        from peftstd.tasks.token_classification import IGNORE, TokenClassification
+
+        encoded = TokenClassification(labels).encode(tokenizer, rows, labels, max_length)
+        label_ids = np.full((len(rows), max_length), IGNORE, dtype=np.int64)
+        for i, feature in enumerate(encoded.features):
+            label_ids[i, : len(feature["labels"])] = feature["labels"]
+        return TaskData([" ".join(r.tokens) for r in rows], None, label_ids, [list(r.tokens) for r in rows])
     index = {name: i for i, name in enumerate(labels)}
     pairs = [r.text_pair for r in rows] if rows and rows[0].text_pair is not None else None
     return TaskData([r.text for r in rows], pairs, np.array([index[r.label] for r in rows]))

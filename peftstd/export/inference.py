@@ -17,9 +17,20 @@ def batches(tokenizer, data: TaskData, batch_size: int, max_length: int, fixed_l
     padding = "max_length" if fixed_length else True
     for start in range(0, len(data.texts), batch_size):
         end = start + batch_size
-        pairs = data.pairs[start:end] if data.pairs else None
-        encoded = tokenizer(data.texts[start:end], pairs, padding=padding, truncation=True, max_length=max_length, return_tensors="np")
+        if data.words is not None:  # token classification: the words as the run's tokenization saw them
+            encoded = tokenizer(data.words[start:end], is_split_into_words=True, padding=padding, truncation=True,
+                                max_length=max_length, return_tensors="np")
+        else:
+            pairs = data.pairs[start:end] if data.pairs else None
+            encoded = tokenizer(data.texts[start:end], pairs, padding=padding, truncation=True, max_length=max_length, return_tensors="np")
         yield {k: v.astype(np.int64) for k, v in encoded.items()}
+
+
+def stack(outputs: list[np.ndarray], max_length: int) -> np.ndarray:
+    """One array of per-batch logits; per-token logits are padded (with 0) to `max_length` first."""
+    if outputs[0].ndim == 3:
+        outputs = [np.pad(x, ((0, 0), (0, max_length - x.shape[1]), (0, 0))) for x in outputs]
+    return np.concatenate(outputs)
 
 
 @torch.no_grad()
@@ -27,7 +38,7 @@ def torch_logits(model, tokenizer, data: TaskData, batch_size: int, max_length: 
     model.eval()
     out = [model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
            for batch in batches(tokenizer, data, batch_size, max_length)]
-    return np.concatenate(out)
+    return stack(out, max_length)
 
 
 def runtime_settings(export_dir: Path) -> dict:
@@ -61,4 +72,4 @@ def onnx_logits(session, tokenizer, data: TaskData, batch_size: int, max_length:
     names = {i.name for i in session.get_inputs()}
     out = [session.run(["logits"], {k: v for k, v in batch.items() if k in names})[0]
            for batch in batches(tokenizer, data, batch_size, max_length)]
-    return np.concatenate(out)
+    return stack(out, max_length)

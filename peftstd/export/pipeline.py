@@ -42,8 +42,10 @@ def check_request(run_dir: Path, profile: ExportProfile) -> None:
     if not (run_dir / "manifest.json").is_file():
         raise UserError(f"{str(run_dir)!r} is not a finished run (no manifest.json); finish or resume it first")
     task = json.loads((run_dir / "manifest.json").read_text())["task"]["type"]
-    if task != "text-classification":
-        raise UserError(f"peftstd export supports text-classification runs so far; this run is {task}")
+    if task not in ("text-classification", "token-classification"):
+        raise UserError(f"peftstd export supports text- and token-classification runs; this run is {task}")
+    if profile.prune and task != "text-classification":
+        raise UserError(f"--prune supports text-classification runs so far; this run is {task}")
     if profile.format == "tensorrt":
         if profile.target != "gpu":
             raise ConfigError("--format tensorrt needs --target gpu")
@@ -100,11 +102,13 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
         cfg, splits = run_splits(run_dir, loaded.manifest)
         task = get_task(loaded.manifest["task"]["type"], loaded.labels)
         max_length = cfg.model.max_length
-        test = task_data(splits.test, loaded.labels)
-        validation = task_data(splits.validation, loaded.labels)
-        calibration = task_data(splits.train[: profile.calibration_samples], loaded.labels)
+        def data_of(rows):
+            return task_data(rows, loaded.labels, loaded.tokenizer, max_length)
+
+        test, validation = data_of(splits.test), data_of(splits.validation)
+        calibration = data_of(splits.train[: profile.calibration_samples])
         unseen = splits.train[profile.calibration_samples : profile.calibration_samples + profile.search_train_samples]
-        search = task_data(splits.validation + unseen, loaded.labels)
+        search = data_of(splits.validation + unseen)
         # Dequantization applies to runs trained on a 4/8-bit base; the fine-tune recipe trains float bases only.
         report["stages"]["load"] = {"base_quantized": False, "method": loaded.manifest["method"]["name"]}
 
@@ -121,7 +125,7 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
         from peftstd.export.prune import prune_model
 
         with stages.stage("prune"):
-            importance = task_data(splits.train[: profile.importance_samples], loaded.labels)
+            importance = data_of(splits.train[: profile.importance_samples])
             exported, report["stages"]["prune"] = prune_model(exported, loaded.tokenizer, importance, profile.prune, max_length)
             report["stages"]["prune"]["metric_after"] = metric_points(task, logits_of(exported, validation), validation.label_ids) / 100
     # The PyTorch model the ONNX graph is exported from: fp32 parity is judged against its logits.
@@ -165,7 +169,7 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
                 if name == "fp32" and not record["parity_passed"]:
                     record["worst_layer"] = worst_initializer(path, exported)
                 gate.append(record)
-            report["gate"] = {"split": "test", "examples": len(test.texts), "trained_metric": reference / 100,
+            report["gate"] = {"split": "test", "examples": len(test.texts), "metric": task.primary_metric, "trained_metric": reference / 100,
                               "budget_points": profile.budget, "parity_tolerance": profile.parity_tolerance, "artifacts": gate}
             passed = all(r["passed"] for r in gate)
 
@@ -210,17 +214,16 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
     import numpy as np
 
     from peftstd.export import quantize
-    from peftstd.export.heldout import TaskData
     from peftstd.export.inference import batches, onnx_logits, onnx_session
     from peftstd.export.verify import metric_points
 
     work = Path(tempfile.mkdtemp(dir=Path.cwd()))  # inside the export's scratch directory
     prepared = quantize.preprocess(fp32_path, work / "prepared.onnx")
     input_names = {i.name for i in onnx_session(fp32_path).get_inputs()}
-    longest = max(len(ids) for ids in loaded.tokenizer(calibration.texts, calibration.pairs, truncation=True, max_length=max_length)["input_ids"])
+    longest = max(int(batch["attention_mask"].sum(-1).max()) for batch in batches(loaded.tokenizer, calibration, 256, max_length))
     feeds = [{k: v for k, v in feed.items() if k in input_names}
              for feed in batches(loaded.tokenizer, calibration, 8, longest, fixed_length=True)]
-    probe = TaskData(search.texts[:256], search.pairs[:256] if search.pairs else None, search.label_ids[:256])
+    probe = search.head(256)
 
     def logits(path: Path, data) -> np.ndarray:
         session = onnx_session(path, disabled_optimizers=profile.session_disabled_optimizers)

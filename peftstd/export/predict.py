@@ -30,9 +30,29 @@ def predict(export_dir: Path, texts: list[str], artifact: str = "model.onnx") ->
     tokenizer = AutoTokenizer.from_pretrained(export_dir)
     session = onnx_session(path)
     names = {i.name for i in session.get_inputs()}
+    if info.get("task") == "token-classification":
+        return predict_entities(session, names, tokenizer, texts, labels, info["max_length"])
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=info["max_length"], return_tensors="np")
     logits = session.run(["logits"], {k: v.astype(np.int64) for k, v in encoded.items() if k in names})[0]
     probabilities = np.exp(logits - logits.max(-1, keepdims=True))
     probabilities /= probabilities.sum(-1, keepdims=True)
     return [{"text": text, "label": labels[int(p.argmax())], "probability": float(p.max()),
              "probabilities": dict(zip(labels, map(float, p)))} for text, p in zip(texts, probabilities)]
+
+
+def predict_entities(session, names, tokenizer, texts: list[str], labels: list[str], max_length: int) -> list[dict]:
+    """Token classification: each text split on whitespace, tagged on each word's first piece, as entity spans."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    words = [text.split() for text in texts]
+    encoded = tokenizer(words, is_split_into_words=True, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    logits = session.run(["logits"], {k: v.astype(np.int64) for k, v in encoded.items() if k in names})[0]
+    out = []
+    for i, (text, row_words) in enumerate(zip(texts, words)):
+        ids = encoded.word_ids(i)
+        first = [j for j, w in enumerate(ids) if w is not None and (j == 0 or ids[j - 1] != w)]
+        tags = [labels[int(logits[i, j].argmax())] for j in first] + ["O"] * (len(row_words) - len(first))
+        entities = [{"type": t, "text": " ".join(row_words[a : b + 1]), "start": a, "end": b + 1} for t, a, b in get_entities(tags)]
+        out.append({"text": text, "tags": tags, "entities": entities,
+                    "label": "; ".join(f"{e['type']}: {e['text']}" for e in entities) or "(no entities)", "probability": float("nan")})
+    return out

@@ -33,6 +33,13 @@ def build_model(cfg, base_path: Path, tokenizer):
     except ValueError as error:  # e.g. a decoder-only model asked for masked-LM
         raise ConfigError(f"{cfg.model.name} cannot be trained as {cfg.objective}: {str(error).splitlines()[0]}") from None
     started = f"{cfg.model.name}"
+    if cfg.head_only:
+        heads = [name for name in HEAD_NAMES if hasattr(model, name)]
+        if not heads:
+            raise ConfigError(f"head_only: {type(model).__name__} has no separate LM head ({', '.join(HEAD_NAMES)})")
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad = name.split(".")[0] in heads  # a head tied to the input embeddings stays frozen with them
+        started += " (body frozen, head only)"
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
 

@@ -113,6 +113,7 @@ def gate_row(record: dict[str, Any], sizes_mb: dict[str, float]) -> str:
 def render_export_card(report: dict[str, Any], run_card: str | None) -> str:
     """`README.md` of an export folder: the run's front matter plus what the export did and proved."""
     gate = report["gate"]
+    metric = gate.get("metric", "accuracy")
     meta = yaml.safe_load(run_card.split("---\n")[1]) if run_card and run_card.startswith("---\n") else {}
     meta = {**meta, "library_name": "onnx", "tags": sorted(set(meta.get("tags", [])) | {"onnx", "peftstd-export"})}
     rows = "\n".join(gate_row(record, report["sizes_mb"]) for record in gate["artifacts"])
@@ -140,10 +141,10 @@ def render_export_card(report: dict[str, Any], run_card: str | None) -> str:
 # ONNX export of `{Path(report['source_run']).name}`
 
 Export **{report['status']}**: every artifact was run on the source run's held-out test split ({gate['examples']} examples)
-against the trained PyTorch model (accuracy {gate['trained_metric']:.4f}); budget {gate['budget_points']} points, fp32 parity
+against the trained PyTorch model ({metric} {gate['trained_metric']:.4f}); budget {gate['budget_points']} points, fp32 parity
 tolerance {gate['parity_tolerance']:.0e} max-abs logits.
 
-| file | artifact | test accuracy | drop (points) | max abs logit difference | size MB | gate |
+| file | artifact | test {metric} | drop (points) | max abs logit difference | size MB | gate |
 |---|---|---|---|---|---|---|
 {rows}
 
