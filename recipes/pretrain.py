@@ -191,7 +191,7 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
             "wall_time_s": time.time() - started,
             "peak_memory": provenance.peak_memory_mb(),
         }
-        atomic.write_text(run_dir / "report.md", report(name, manifest, metrics_doc))
+        atomic.write_text(run_dir / "report.md", report(name, manifest, metrics_doc, run_dir))
         manifest["files"] = provenance.file_hashes(run_dir)
         atomic.write_json(run_dir / "manifest.json", manifest)
         point_latest(run_dir)
@@ -202,9 +202,9 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
     return 0
 
 
-def report(name: str, manifest: dict, metrics: dict) -> str:
+def report(name: str, manifest: dict, metrics: dict, run_dir: Path) -> str:
     start, best = metrics["start"], metrics["best"]
-    rows = "\n".join(f"| {key} | {start[key]:.4f} | {best[key]:.4f} |" for key in start)
+    rows = "\n".join(f"| {key} | {start[key]:.4f} | {best[key]:.4f} |" for key in ("loss", "perplexity", "accuracy"))
     return f"""# Pretraining run `{name}`
 
 {manifest['pretraining']['objective']} from {manifest['pretraining']['started_from']}, {manifest['training']['optimizer_steps']} optimizer
@@ -212,14 +212,13 @@ steps, {manifest['parameters']['trainable']:,} trainable parameters, {manifest['
 Data: `{manifest['data']['sources']['train']}`, train {manifest['data']['sizes']['train']} / validation
 {manifest['data']['sizes']['validation']} texts; the test split is never read.
 
-## Validation (same masks for every row)
+## Validation ({start['tokens']:,} predicted tokens, the same for every row)
 
 | metric | start | best (step {best['step']}) |
 |---|---|---|
 {rows}
 
-Fine-tune from it: `model.name: {manifest['run_name']}` resolved against the runs folder, e.g.
-`accelerate launch recipes/finetune.py model.name=runs/{manifest['run_name']}`.
+Fine-tune from it: `accelerate launch recipes/finetune.py model.name={run_dir}`.
 
 ```
 {manifest['command']}

@@ -156,10 +156,11 @@ def test_ner_run_exports_and_passes_the_gate_on_entity_f1(ner_run, tmp_path):
     from conftest import peftstd
 
     out = tmp_path / "export"
-    result = peftstd("export", str(ner_run), "--int8", "--budget", "100", "--out", str(out))
+    result = peftstd("export", str(ner_run), "--profile", "export/cpu-int8-dynamic.yaml", "--budget", "100", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "export.json").read_text())
     assert report["status"] == "passed" and report["gate"]["metric"] == "f1"
+    assert [r["artifact"] for r in report["gate"]["artifacts"]] == ["fp32", "int8-dynamic"]  # the profile's cpu_int8
     fp32 = next(r for r in report["gate"]["artifacts"] if r["artifact"] == "fp32")
     trained_f1 = json.loads((ner_run / "metrics.json").read_text())["test"]["f1"]
     assert fp32["parity_passed"] and abs(fp32["value"] - trained_f1) < 1e-9  # same entities as the run reported

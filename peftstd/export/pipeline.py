@@ -238,9 +238,10 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
 
     cache = work / "calibration.json"
     schemes = []
-    if profile.int8 and profile.target == "cpu":
-        schemes += [("int8-dynamic", "model.int8.onnx", lambda ex, dst: quantize.quantize_dynamic_int8(prepared, dst, profile.per_channel, ex)),
-                    ("int8-static", "model.int8-static.onnx",
+    if profile.int8 and profile.target == "cpu" and "dynamic" in profile.cpu_int8:
+        schemes += [("int8-dynamic", "model.int8.onnx", lambda ex, dst: quantize.quantize_dynamic_int8(prepared, dst, profile.per_channel, ex))]
+    if profile.int8 and profile.target == "cpu" and "static" in profile.cpu_int8:
+        schemes += [("int8-static", "model.int8-static.onnx",
                      lambda ex, dst: quantize.quantize_static_int8(prepared, dst, feeds, profile.per_channel, False, ex, cache))]
     if profile.int8 and profile.target == "gpu":
         schemes += [("int8-qdq", "model.int8-qdq.onnx",

@@ -17,6 +17,8 @@ class ExportProfile(Section):
     target: Literal["cpu", "gpu"] = Field("cpu", description="Where the artifact will run; decides the quantization scheme.")
     format: Literal["onnx", "tensorrt"] = Field("onnx", description="Artifact format; tensorrt needs the tensorrt package and an NVIDIA GPU.")
     int8: bool = Field(False, description="Also produce int8 artifacts (CPU: dynamic and static; GPU: static QDQ for TensorRT).")
+    cpu_int8: list[Literal["dynamic", "static"]] = Field(
+        ["dynamic", "static"], min_length=1, description="CPU int8 schemes to produce (and gate): dynamic, static (calibrated), or both.")
     fp16: bool = Field(False, description="Also produce an fp16 ONNX artifact (GPU targets).")
     prune: float = Field(0.0, ge=0.0, lt=0.9, description="Share of encoder FLOPs to remove by structured head/neuron pruning (0 disables).")
     budget: float = Field(1.0, ge=0.0, description="Largest allowed drop of the task metric, in points (1.0 = one accuracy point).")
