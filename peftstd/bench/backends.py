@@ -55,7 +55,8 @@ def onnx_backend(name: str, path: Path, feed: dict[str, np.ndarray], threads: in
     """`disabled_optimizers` unset: the session settings recorded in the artifact's export.json."""
     from peftstd.export.inference import onnx_session
 
-    session = onnx_session(path, threads, disabled_optimizers)  # raises unless the CPU provider really runs it
+    # Interleaved with other backends: no busy-waiting threads left behind to slow the next one down.
+    session = onnx_session(path, threads, disabled_optimizers, spinning=False)  # raises unless the CPU provider really runs it
     names = {i.name for i in session.get_inputs()}
     inputs = {k: v for k, v in feed.items() if k in names}
     return Backend(name, lambda: session.run(["logits"], inputs), f"onnxruntime {session.get_providers()[0]}, {threads} threads",

@@ -49,8 +49,19 @@ def defaults_markdown() -> str:
     for name in METHODS:
         section = RecipeConfig.model_fields[name].annotation
         lines.append(f"| `{name}` | {section.recommended_learning_rate:g} |")
-    lines += ["", "## Every key, its type and its default", "", "| key | type | default | description |", "|---|---|---|---|"]
-    for key, kind, default, description in field_rows(RecipeConfig):
+    lines += ["", "## Every key, its type and its default", ""]
+    lines += key_table(RecipeConfig)
+    from peftstd.config.pretrain import PretrainConfig
+    from peftstd.export.profile import ExportProfile
+
+    lines += ["", "## Pretraining configs (`recipes/pretrain.py`)", ""] + key_table(PretrainConfig)
+    lines += ["", "## Export profiles (`peftstd export --profile`, `export/*.yaml`)", ""] + key_table(ExportProfile)
+    return "\n".join(lines) + "\n"
+
+
+def key_table(schema: type[BaseModel]) -> list[str]:
+    lines = ["| key | type | default | description |", "|---|---|---|---|"]
+    for key, kind, default, description in field_rows(schema):
         kind = kind.replace("|", "\\|")
         lines.append(f"| `{key}` | `{kind}` | `{default}` | {description} |")
-    return "\n".join(lines) + "\n"
+    return lines
