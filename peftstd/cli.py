@@ -168,6 +168,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not (run / "manifest.json").is_file():
         raise UserError(f"{str(run)!r} is not a finished run directory (no manifest.json)")
     task = json.loads((run / "manifest.json").read_text())["task"]["type"]
+    if task not in ("text-classification", "token-classification"):
+        raise UserError(f"explain covers text- and token-classification runs; this run is {task}")
     if args.n is not None and task != "text-classification":
         raise UserError(f"--n reports cover text-classification runs; for this {task} run give TEXTS")
     loaded = load_run(run)

@@ -60,6 +60,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.methods import get_method
     from peftstd.models import resolve_model
     from peftstd.models.parameters import parameter_counts
+    from peftstd.models.gguf import conversion_record
     from peftstd.models.registry import check_max_length, weights_sha256
     from peftstd.regularization.augment import augment_examples
     from peftstd.regularization.dropout import dropout_overrides
@@ -117,7 +118,8 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
 
     # --- Tokenize: dynamic padding later, so features keep their own lengths ---------------------
     encoded = {split: task.encode(tokenizer, train_rows if split == "train" else rows, labels, cfg.model.max_length,
-                                  label_all_subwords=cfg.task.label_all_subwords and split == "train")
+                                  label_all_subwords=cfg.task.label_all_subwords and split == "train",
+                                  packing=cfg.task.packing and split == "train")
                for split, rows in splits.items()}
     collator = task.collator(tokenizer)
 
@@ -158,6 +160,15 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
         print_banner(cfg, base, splits, parameters, precision, accelerator.num_processes, total_steps, run_dir)
         if resume_from:
             print(f"resuming from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batches_in_epoch})", file=sys.stderr)
+
+    # --- Generative tasks: the base model's validation loss and test generations, to compare against ---
+    generative = getattr(task, "generative", False)
+    generation_rows = splits.test[: cfg.generation.samples] if generative else []
+    if generative:
+        base_validation, _, _ = evaluate(model, val_dl, val_order, accelerator, task)
+        base_texts = task.generate(unwrapped, tokenizer, generation_rows, cfg.generation, cfg.model.max_length, cfg.training.seed)
+        if is_main:
+            print(f"base model: validation perplexity {base_validation['perplexity']:.3f}", file=sys.stderr)
 
     # --- Training loop ---------------------------------------------------------------------------------
     eval_every = cfg.evaluation.every_steps or steps_per_epoch
@@ -235,6 +246,12 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     # --- Final model: best checkpoint, evaluated on the test split in float32 ------------------------
     method.restore(unwrapped, best_snapshot)
     test_metrics, test_logits, test_labels = evaluate(model, test_dl, test_order, accelerator, task, autocast=False)
+    if generative:
+        tuned_texts = task.generate(unwrapped, tokenizer, generation_rows, cfg.generation, cfg.model.max_length, cfg.training.seed)
+        references = [row.response for row in generation_rows]
+        task.generated = {"base model": base_texts, "fine-tuned": tuned_texts}
+        task.scores = {who: {"prompts": len(references), **task.generation_metrics(texts, references)} for who, texts in task.generated.items()}
+        test_metrics.update({k: v for k, v in task.scores["fine-tuned"].items() if k != "prompts"})
 
     # --- Run directory: weights, metrics, predictions, report, manifest ------------------------------
     if is_main:
@@ -247,6 +264,9 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             "best": {"metric": selection.metric, "value": selection.best, "step": selection.best_step},
             "test": test_metrics,
         }
+        if generative:
+            metrics_doc["base_model"] = {"validation": base_validation, "test_generation": task.scores["base model"],
+                                         "generation": cfg.generation.model_dump()}
         atomic.write_json(run_dir / "metrics.json", metrics_doc)
         predictions = task.prediction_records(splits.test, test_logits, test_labels, labels)
         atomic.write_text(run_dir / "predictions" / "test.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
@@ -256,6 +276,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             "run_name": name,
             "seed": cfg.training.seed,
             "base_model": {"name": base.name, "source": base.source, "path": str(base.path), "weights_sha256": weights_sha256(base.path),
+                           "conversion": conversion_record(base.path),
                            "pretraining_run": base.source.removeprefix("pretraining-run:") if base.source.startswith("pretraining-run:") else None},
             "method": {"name": method.name, "weights_dir": method.weights_dir, **method.run_summary(unwrapped)},
             "task": {"type": task.name, "labels": labels},

@@ -22,7 +22,7 @@ from peftstd.regularization import RegularizationSection
 from peftstd.tasks import PRIMARY_METRIC, TASK_METRICS
 
 MethodName = Literal["full", "lora", "adalora", "adapter"]
-TaskName = Literal["text-classification", "token-classification"]
+TaskName = Literal["text-classification", "token-classification", "causal-lm"]
 
 
 class ModelSection(Section):
@@ -53,6 +53,9 @@ class DataSection(Section):
     label_column: str = Field("label", description="Column holding the label (string or integer).")
     tokens_column: str = Field("tokens", description="Token classification: column holding the list of words (jsonl, hub).")
     tags_column: str = Field("tags", description="Token classification: column holding the list of tags, one per word (names or ClassLabel ids).")
+    prompt_column: str = Field("prompt", description="Causal-LM fine-tuning: column holding the prompt.")
+    response_column: str = Field("response", description="Causal-LM fine-tuning: column holding the response to learn.")
+    messages_column: str = Field("messages", description="Causal-LM fine-tuning: chat-format column ({role, content} turns; the last, the assistant's, is learned).")
     conll_separator: str | None = Field(None, description="CoNLL files: field separator (token first, tag last); null splits on whitespace.")
     conll_sentence_delimiter: str | None = Field(
         None, description="CoNLL files: the line that ends a sentence; null means any line that is blank once stripped.")
@@ -65,9 +68,21 @@ class DataSection(Section):
 class TaskSection(Section):
     type: TaskName = Field("text-classification", description="What the model learns; decides head, loss, preprocessing and metrics.")
     labels: list[str] | None = Field(None, description="Label names in index order; inferred (sorted) from the training split when omitted.")
+    packing: bool = Field(False, description="Causal-LM: pack several training examples into each model.max_length sequence (less padding; "
+                          "attention then crosses example boundaries, as in TRL's packing).")
     label_all_subwords: bool = Field(
         False, description="Token classification: train on every word piece (B- becomes I- after the first) instead of the first piece only; "
         "evaluation always scores the first piece of each word.")
+
+
+class GenerationSection(Section):
+    max_new_tokens: int = Field(48, ge=1, le=4096, description="Causal-LM: tokens generated per held-out prompt for BLEU/ROUGE.")
+    num_beams: int = Field(1, ge=1, le=16, description="Beam search width (1: greedy, unless do_sample).")
+    do_sample: bool = Field(False, description="Sample instead of greedy/beam decoding (seeded with training.seed).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with do_sample).")
+    samples: int | None = Field(200, ge=1, description="Held-out test prompts generated for BLEU/ROUGE (the first N); null: all.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch (left-padded).")
 
 
 class TrainingSection(Section):
@@ -118,6 +133,7 @@ class RecipeConfig(Section):
     adalora: AdaLoraSection = Field(default_factory=AdaLoraSection, description="AdaLoRA settings (used when method is adalora).")
     adapter: AdapterSection = Field(default_factory=AdapterSection, description="Bottleneck-adapter settings (used when method is adapter).")
     training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation settings.")
+    generation: GenerationSection = Field(default_factory=GenerationSection, description="Decoding settings of generation metrics (causal-LM).")
     regularization: RegularizationSection = Field(
         default_factory=RegularizationSection, description="Dropout, label smoothing, adversarial training, augmentation.")
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection, description="Evaluation, model selection, early stopping.")

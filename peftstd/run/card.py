@@ -57,6 +57,10 @@ def render_card(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, Any
     rows = "\n".join(f"| {k} | `{v}` |" for k, v in hyper.items())
     results = "\n".join(f"| {title} | {test[key]:.4f} |" for key, _, title in task.card_metrics)
     primary, primary_title = task.card_metrics[0][0], task.card_metrics[0][2]
+    error_note = ""
+    if 0 <= test[primary] <= 1:  # a proportion: its binomial standard error tells how much one split can say
+        error_note = (f" (about ±{100 * (test[primary] * (1 - test[primary]) / max(sizes['test'], 1)) ** 0.5:.1f} points "
+                      f"binomial standard error on {primary_title.lower()})")
     sizes = manifest["data"]["sizes"]
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
@@ -90,8 +94,7 @@ Best validation {metrics['best']['metric']} {metrics['best']['value']:.4f} at st
 ## Intended use and limitations
 
 For {cfg.task.type} of text like the training data: {data_note.split(',')[0]}. It was evaluated on one
-held-out split of {sizes['test']} examples (about ±{100 * (test[primary] * (1 - test[primary]) / max(sizes['test'], 1)) ** 0.5:.1f}
-points binomial standard error on {primary_title.lower()}); expect lower scores on text from other domains, and check for the biases of
+held-out split of {sizes['test']} examples{error_note}; expect lower scores on text from other domains, and check for the biases of
 the base model and the data before use in decisions about people.
 
 ## How to reproduce

@@ -16,17 +16,21 @@ CLASSIFICATION_METRICS = (
 )
 TOKEN_CLASSIFICATION_METRICS = ("f1", "precision", "recall", "accuracy", "loss")  # entity-level micro (seqeval); token accuracy
 
+CAUSAL_LM_METRICS = ("loss", "perplexity")  # validation; BLEU and ROUGE are computed on the test prompts after training
+
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "text-classification": CLASSIFICATION_METRICS,
     "token-classification": TOKEN_CLASSIFICATION_METRICS,
+    "causal-lm": CAUSAL_LM_METRICS,
 }
-PRIMARY_METRIC = {"text-classification": "accuracy", "token-classification": "f1"}
-LOWER_IS_BETTER = {"loss"}
+PRIMARY_METRIC = {"text-classification": "accuracy", "token-classification": "f1", "causal-lm": "loss"}
+LOWER_IS_BETTER = {"loss", "perplexity"}
 
 
 def get_task(name: str, labels: list[str] | None = None):
     """The task implementation registered under `name` (with the run's label names, when known)."""
+    from peftstd.tasks.causal_lm import CausalLM
     from peftstd.tasks.classification import TextClassification
     from peftstd.tasks.token_classification import TokenClassification
 
-    return {"text-classification": TextClassification, "token-classification": TokenClassification}[name](labels)
+    return {"text-classification": TextClassification, "token-classification": TokenClassification, "causal-lm": CausalLM}[name](labels)

@@ -50,7 +50,7 @@ class TokenClassification(Task):
         )
 
     def encode(self, tokenizer, rows: list[TokenExample], labels: list[str], max_length: int,
-               label_all_subwords: bool = False) -> EncodedSplit:
+               label_all_subwords: bool = False, **_) -> EncodedSplit:
         """Word pieces of each sentence; the first piece of a word carries its tag, the others IGNORE
         (or, with `label_all_subwords`, the word's tag with B- turned into I-)."""
         if not tokenizer.is_fast:
