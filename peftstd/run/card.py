@@ -57,11 +57,11 @@ def render_card(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, Any
     rows = "\n".join(f"| {k} | `{v}` |" for k, v in hyper.items())
     results = "\n".join(f"| {title} | {test[key]:.4f} |" for key, _, title in task.card_metrics)
     primary, primary_title = task.card_metrics[0][0], task.card_metrics[0][2]
+    sizes = manifest["data"]["sizes"]
     error_note = ""
     if 0 <= test[primary] <= 1:  # a proportion: its binomial standard error tells how much one split can say
         error_note = (f" (about ±{100 * (test[primary] * (1 - test[primary]) / max(sizes['test'], 1)) ** 0.5:.1f} points "
                       f"binomial standard error on {primary_title.lower()})")
-    sizes = manifest["data"]["sizes"]
     return f"""---
 {yaml.safe_dump(meta, sort_keys=False).strip()}
 ---
