@@ -141,6 +141,16 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     unwrapped = accelerator.unwrap_model(model)
     fgm = FGM(unwrapped, regularization.fgm_epsilon) if regularization.fgm_epsilon else None
 
+    # --- Generative tasks: the base model's validation loss and test generations, before any training
+    #     or checkpoint touches the weights (the fine-tuned model is compared against them at the end)
+    generative = getattr(task, "generative", False)
+    generation_rows = splits.test[: cfg.generation.samples] if generative else []
+    if generative:
+        base_validation, _, _ = evaluate(model, val_dl, val_order, accelerator, task)
+        base_texts = task.generate(unwrapped, tokenizer, generation_rows, cfg.generation, cfg.model.max_length, cfg.training.seed)
+        if is_main:
+            print(f"base model: validation perplexity {base_validation['perplexity']:.3f}", file=sys.stderr)
+
     # --- Run directory (rank 0 writes), or the checkpoint to resume from --------------------------
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.output.keep_last_checkpoints, accelerator)
     state, best_snapshot = TrainerState(), None
@@ -160,15 +170,6 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
         print_banner(cfg, base, splits, parameters, precision, accelerator.num_processes, total_steps, run_dir)
         if resume_from:
             print(f"resuming from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batches_in_epoch})", file=sys.stderr)
-
-    # --- Generative tasks: the base model's validation loss and test generations, to compare against ---
-    generative = getattr(task, "generative", False)
-    generation_rows = splits.test[: cfg.generation.samples] if generative else []
-    if generative:
-        base_validation, _, _ = evaluate(model, val_dl, val_order, accelerator, task)
-        base_texts = task.generate(unwrapped, tokenizer, generation_rows, cfg.generation, cfg.model.max_length, cfg.training.seed)
-        if is_main:
-            print(f"base model: validation perplexity {base_validation['perplexity']:.3f}", file=sys.stderr)
 
     # --- Training loop ---------------------------------------------------------------------------------
     eval_every = cfg.evaluation.every_steps or steps_per_epoch
