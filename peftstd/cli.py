@@ -11,8 +11,16 @@ from peftstd.errors import UserError, exit_on_user_error
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """A fine-tune recipe, or a pretraining config (recognised by its top-level `objective` key)."""
     from peftstd.config import load_config
+    from peftstd.config.load import read_yaml
+    from peftstd.config.pretrain import PretrainConfig
 
+    if "objective" in read_yaml(args.config) or any(o.startswith("objective=") for o in args.overrides):
+        cfg = load_config(args.config, args.overrides, schema=PretrainConfig)
+        print(f"ok: {args.config} (schema {cfg.schema_version}, pretraining {cfg.objective}, method {cfg.method}, "
+              f"learning rate {cfg.learning_rate():g})")
+        return 0
     cfg = load_config(args.config, args.overrides)
     print(f"ok: {args.config} (schema {cfg.schema_version}, task {cfg.task.type}, method {cfg.method}, "
           f"learning rate {cfg.learning_rate():g})")
@@ -201,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"peftstd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    validate = sub.add_parser("validate", help="check a recipe config against the schema")
+    validate = sub.add_parser("validate", help="check a fine-tune recipe or a pretraining config against its schema")
     validate.add_argument("config", help="recipe YAML")
     validate.add_argument("overrides", nargs="*", help="dotted overrides, e.g. lora.rank=8")
     validate.set_defaults(func=cmd_validate)
