@@ -11,6 +11,7 @@ from peftstd.data.registry import DATASETS
 from peftstd.models.registry import MODELS
 
 LIBRARY = {"full": "transformers", "lora": "peft", "adalora": "peft", "adapter": "adapters"}
+PIPELINE_TAGS = {"causal-lm": "text-generation"}  # the Hub's name for the task, where it differs from ours
 
 
 def front_matter(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
@@ -25,13 +26,14 @@ def front_matter(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, An
         "library_name": LIBRARY[cfg.method],
         "license": MODELS[cfg.model.name].license if cfg.model.name in MODELS else "other",
         "datasets": [dataset],
-        "metrics": [kind for _, kind, _ in shown],
-        "pipeline_tag": cfg.task.type,
+        "metrics": list(dict.fromkeys(kind for _, kind, _ in shown)),
+        "pipeline_tag": PIPELINE_TAGS.get(cfg.task.type, cfg.task.type),
         "tags": ["peftstd", cfg.task.type, cfg.method],
         "model-index": [{
             "name": name,
             "results": [{
-                "task": {"type": cfg.task.type, "name": cfg.task.type.replace("-", " ").capitalize()},
+                "task": {"type": PIPELINE_TAGS.get(cfg.task.type, cfg.task.type),
+                         "name": PIPELINE_TAGS.get(cfg.task.type, cfg.task.type).replace("-", " ").capitalize()},
                 "dataset": {"name": dataset, "type": dataset, "split": "test"},
                 "metrics": [{"type": kind, "value": round(test[key], 4), "name": title} for key, kind, title in shown],
             }],
@@ -58,6 +60,14 @@ def render_card(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, Any
     results = "\n".join(f"| {title} | {test[key]:.4f} |" for key, _, title in task.card_metrics)
     primary, primary_title = task.card_metrics[0][0], task.card_metrics[0][2]
     sizes = manifest["data"]["sizes"]
+    labels = manifest["task"]["labels"]
+    labels_note = f" Labels: {', '.join(labels)}." if labels else ""
+    base_note = ""
+    if "base_model" in metrics:  # generative tasks: the base model on the same held-out data
+        base = metrics["base_model"]
+        base_note = (f"\n\nThe base model on the same data: validation perplexity {base['validation']['perplexity']:.2f}, "
+                     f"test BLEU {base['test_generation']['bleu']:.2f}, ROUGE-1 {base['test_generation']['rouge1']:.4f}, "
+                     f"ROUGE-L {base['test_generation']['rougeL']:.4f} ({base['test_generation']['prompts']} prompts).")
     error_note = ""
     if 0 <= test[primary] <= 1:  # a proportion: its binomial standard error tells how much one split can say
         error_note = (f" (about ±{100 * (test[primary] * (1 - test[primary]) / max(sizes['test'], 1)) ** 0.5:.1f} points "
@@ -75,7 +85,7 @@ parameters were trained ({manifest['parameters']['trainable_percent']:.2f}%).
 ## Data
 
 {data_note}. Splits: train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']}
-(sha256 of each in `manifest.json`). Labels: {', '.join(manifest['task']['labels'])}.
+(sha256 of each in `manifest.json`).{labels_note}
 
 ## Results (test split, final model in float32)
 
@@ -83,7 +93,7 @@ parameters were trained ({manifest['parameters']['trainable_percent']:.2f}%).
 |---|---|
 {results}
 
-Best validation {metrics['best']['metric']} {metrics['best']['value']:.4f} at step {metrics['best']['step']}; details in `report.md`.
+Best validation {metrics['best']['metric']} {metrics['best']['value']:.4f} at step {metrics['best']['step']}; details in `report.md`.{base_note}
 
 ## Hyperparameters
 
