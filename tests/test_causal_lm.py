@@ -150,3 +150,11 @@ def test_label_smoothing_uses_the_shifted_positions(tiny_llama):
     smoothed = task.loss(model, batch, 1e-6)
     assert torch.allclose(smoothed, model(**batch).loss, atol=1e-4)  # a vanishing smoothing is the plain shifted loss
     assert not torch.allclose(task.loss(model, batch, 0.3), model(**batch).loss)
+
+
+def test_check_verifies_an_sft_run(sft_run):
+    from conftest import peftstd
+
+    result = peftstd("check", str(sft_run))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "adapter/ loads with stock libraries: peft" in result.stdout

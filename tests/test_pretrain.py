@@ -123,3 +123,11 @@ def test_head_only_trains_nothing_but_the_head(tiny_model, tmp_path):
     after = load_file(str(tmp_path / "head" / "model" / "model.safetensors"))
     changed = {k for k in after if k in before and not (after[k] == before[k]).all()}
     assert changed and all(k.startswith("cls.") for k in changed)
+
+
+def test_check_verifies_a_pretraining_run(mlm_run):
+    from conftest import peftstd
+
+    result = peftstd("check", str(mlm_run))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "model/ loads with stock libraries: transformers" in result.stdout

@@ -170,3 +170,10 @@ def test_ner_run_exports_and_passes_the_gate_on_entity_f1(ner_run, tmp_path):
     assert "pos:" in predicted.stdout or "(no entities)" in predicted.stdout
     pruned = peftstd("export", str(ner_run), "--prune", "0.2", "--out", str(tmp_path / "pruned"))
     assert pruned.returncode == 2 and "--prune supports text-classification" in pruned.stderr
+
+
+def test_check_verifies_a_ner_run(ner_run):
+    from conftest import peftstd
+
+    result = peftstd("check", str(ner_run))
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -24,6 +24,9 @@ class Finding:
 
 
 EXPORT_FILES = ("model.onnx", "export.json", "config.json", "labels.json")
+PRETRAIN_FILES = ("config.yaml", "manifest.json", "metrics.json", "report.md")
+AUTO_CLASSES = {"text-classification": "AutoModelForSequenceClassification", "token-classification": "AutoModelForTokenClassification",
+                "causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM"}
 
 
 def check_path(path: Path) -> list[Finding]:
@@ -58,10 +61,11 @@ def load_onnx(path: Path) -> str:
 
 
 def check_run(run: Path) -> list[Finding]:
-    findings = [Finding(f"file {name}", (run / name).is_file(), "missing" if not (run / name).is_file() else "")
-                for name in RUN_FILES]
     manifest = json.loads((run / "manifest.json").read_text())
-    weights_dir = manifest.get("method", {}).get("weights_dir", "adapter")
+    pretraining = manifest.get("pretraining")
+    findings = [Finding(f"file {name}", (run / name).is_file(), "missing" if not (run / name).is_file() else "")
+                for name in (PRETRAIN_FILES if pretraining else RUN_FILES)]
+    weights_dir = pretraining["model_dir"] if pretraining else manifest.get("method", {}).get("weights_dir", "adapter")
     findings.append(Finding(f"folder {weights_dir}/", (run / weights_dir).is_dir(), "" if (run / weights_dir).is_dir() else "missing"))
     findings.extend(check_hashes(run, manifest.get("files", {})))
     findings.append(attempt("config validates against its schema", lambda: check_config(run, manifest)))
@@ -84,25 +88,33 @@ def check_hashes(root: Path, recorded: dict[str, str]) -> list[Finding]:
 
 def check_config(run: Path, manifest: dict) -> str:
     from peftstd.config import load_config
+    from peftstd.config.pretrain import PretrainConfig
+    from peftstd.config.schema import RecipeConfig
 
-    cfg = load_config(run / "config.yaml")
+    cfg = load_config(run / "config.yaml", schema=PretrainConfig if manifest.get("pretraining") else RecipeConfig)
     if cfg.schema_version != manifest["schema_version"]:
         raise ValueError(f"config says schema {cfg.schema_version}, manifest {manifest['schema_version']}")
     return f"schema {cfg.schema_version}"
 
 
 def load_stock(run: Path, manifest: dict) -> str:
-    """Load the weights the way a user without peftstd would (peft / transformers / adapters)."""
-    from transformers import AutoModelForSequenceClassification
+    """Load the weights the way a user without peftstd would (peft / transformers / adapters), with the
+    transformers class of the run's task."""
+    import transformers
     from transformers.utils import logging
 
     logging.set_verbosity_error()  # the base model's fresh head is expected; the adapter replaces it
+    auto = getattr(transformers, AUTO_CLASSES[manifest["task"]["type"]])
+    if manifest.get("pretraining"):
+        auto.from_pretrained(run / manifest["pretraining"]["model_dir"])
+        return "transformers"
     labels = json.loads((run / "labels.json").read_text())
     method = manifest["method"]["name"]
     if method == "full":
-        AutoModelForSequenceClassification.from_pretrained(run / "model")
+        auto.from_pretrained(run / "model")
         return "transformers"
-    base = AutoModelForSequenceClassification.from_pretrained(manifest["base_model"]["path"], num_labels=len(labels))
+    head = {"num_labels": len(labels)} if labels else {}
+    base = auto.from_pretrained(manifest["base_model"]["path"], **head)
     if method == "adapter":
         import adapters
 
