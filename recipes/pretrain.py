@@ -57,6 +57,7 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
     from peftstd.pretraining.evaluate import evaluate_lm, fixed_masks
     from peftstd.pretraining.model import build_model, merge_for_saving
     from peftstd.run import atomic, manifest as provenance
+    from peftstd.run.card import render_pretraining_card
     from peftstd.run.report import plot_curves
     from peftstd.run.rundir import check_run_path, point_latest, run_name
     from peftstd.training.batching import train_loader
@@ -192,6 +193,7 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
             "peak_memory": provenance.peak_memory_mb(),
         }
         atomic.write_text(run_dir / "report.md", report(name, manifest, metrics_doc, run_dir))
+        atomic.write_text(run_dir / "README.md", render_pretraining_card(name, cfg, manifest, metrics_doc))
         manifest["files"] = provenance.file_hashes(run_dir)
         atomic.write_json(run_dir / "manifest.json", manifest)
         point_latest(run_dir)

@@ -40,6 +40,8 @@ def test_masked_lm_lowers_held_out_perplexity_and_writes_a_standard_run(mlm_run)
     assert manifest["pretraining"]["objective"] == "masked-lm" and "test" not in manifest["data"]["sha256"]
     assert (mlm_run / "model" / "config.json").is_file() and (mlm_run / "model" / "tokenizer.json").is_file()
     assert "perplexity" in (mlm_run / "report.md").read_text()
+    card = (mlm_run / "README.md").read_text()
+    assert "pipeline_tag: fill-mask" in card and f"{metrics['best']['perplexity']:.2f}" in card
 
 
 def test_a_fine_tune_from_the_pretraining_run_points_back_at_it(mlm_run, sentiment_file, tmp_path):

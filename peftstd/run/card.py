@@ -169,3 +169,49 @@ Load it without peftstd: `onnxruntime.InferenceSession("model.onnx")` with this 
 Run the artifacts with the session settings in `export.json` (`runtime`), as peftstd does; speed on your
 machine, with percentiles over a batch and sequence grid: `peftstd bench` on this folder. Everything above is in `export.json`.
 """
+
+
+def render_pretraining_card(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """`README.md` of a pretraining run: front matter with the held-out perplexity, then what was trained on what."""
+    base = MODELS[cfg.model.name].hub_id if cfg.model.name in MODELS else cfg.model.name
+    start, best = metrics["start"], metrics["best"]
+    meta = {
+        "base_model": None if cfg.from_scratch else base,
+        "library_name": "transformers",
+        "license": MODELS[cfg.model.name].license if cfg.model.name in MODELS and not cfg.from_scratch else "other",
+        "datasets": [cfg.data.source],
+        "metrics": ["perplexity", "accuracy"],
+        "pipeline_tag": "fill-mask" if cfg.objective == "masked-lm" else "text-generation",
+        "tags": ["peftstd", "pretraining", cfg.objective],
+        "model-index": [{"name": name, "results": [{
+            "task": {"type": "fill-mask" if cfg.objective == "masked-lm" else "text-generation", "name": cfg.objective},
+            "dataset": {"name": cfg.data.source, "type": cfg.data.source, "split": "validation"},
+            "metrics": [{"type": "perplexity", "value": round(best["perplexity"], 4), "name": "Validation perplexity"},
+                        {"type": "accuracy", "value": round(best["accuracy"], 4), "name": "Predicted-token accuracy"}],
+        }]}],
+    }
+    meta = {k: v for k, v in meta.items() if v is not None}
+    return f"""---
+{yaml.safe_dump(meta, sort_keys=False).strip()}
+---
+
+# {name}
+
+{cfg.objective} pretraining from {manifest['pretraining']['started_from']} by peftstd {manifest['peftstd_version']}
+({manifest['training']['optimizer_steps']} optimizer steps, {manifest['parameters']['trainable']:,} trainable parameters,
+{manifest['training']['precision']}). Corpus: `{cfg.data.source}`, train {manifest['data']['sizes']['train']} / validation
+{manifest['data']['sizes']['validation']} texts; the test split is never read.
+
+| validation ({start['tokens']:,} predicted tokens) | start | best (step {best['step']}) |
+|---|---|---|
+| perplexity | {start['perplexity']:.2f} | {best['perplexity']:.2f} |
+| predicted-token accuracy | {start['accuracy']:.4f} | {best['accuracy']:.4f} |
+
+`model/` is a plain transformers folder. Fine-tune from it by naming this run directory as `model.name`.
+
+## How to reproduce
+
+```
+{manifest['command']}
+```
+"""

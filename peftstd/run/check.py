@@ -24,7 +24,7 @@ class Finding:
 
 
 EXPORT_FILES = ("model.onnx", "export.json", "config.json", "labels.json")
-PRETRAIN_FILES = ("config.yaml", "manifest.json", "metrics.json", "report.md")
+PRETRAIN_FILES = ("config.yaml", "manifest.json", "metrics.json", "report.md", "README.md")
 AUTO_CLASSES = {"text-classification": "AutoModelForSequenceClassification", "token-classification": "AutoModelForTokenClassification",
                 "causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM"}
 
