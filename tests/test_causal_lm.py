@@ -158,3 +158,19 @@ def test_check_verifies_an_sft_run(sft_run):
     result = peftstd("check", str(sft_run))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "adapter/ loads with stock libraries: peft" in result.stdout
+
+
+@pytest.mark.parametrize("method", ["full", "adalora"])
+def test_sft_trains_with_other_methods_and_reloads(tiny_llama, tmp_path, method):
+    from conftest import peftstd
+
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(80))
+    extra = ["adalora.init_rank=4", "adalora.target_rank=2", "adalora.reallocation_interval=1"] if method == "adalora" else []
+    result = run_recipe([f"model.name={tiny_llama}", f"data.source={data}", f"output.dir={tmp_path}", f"output.name={method}",
+                         "task.type=causal-lm", "evaluation.metric=loss", f"method={method}", "model.max_length=32",
+                         "training.batch_size=16", "training.precision=fp32", "training.max_steps=6", "evaluation.every_steps=3",
+                         "generation.max_new_tokens=3", "generation.samples=4", *extra])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"perplexity", "bleu", "rougeL"} <= set(json.loads((tmp_path / method / "metrics.json").read_text())["test"])
+    checked = peftstd("check", str(tmp_path / method))
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -177,3 +177,18 @@ def test_check_verifies_a_ner_run(ner_run):
 
     result = peftstd("check", str(ner_run))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("method", ["full", "adapter", "adalora"])
+def test_ner_trains_with_every_method_and_reloads(tiny_model, tmp_path, method):
+    from conftest import peftstd
+
+    data = write_jsonl(tmp_path / "ner.jsonl", ner_rows(120))
+    extra = ["task.type=token-classification", "evaluation.metric=f1", f"method={method}", "training.max_steps=6", "evaluation.every_steps=3"]
+    if method == "adalora":
+        extra += ["adalora.init_rank=4", "adalora.target_rank=2", "adalora.reallocation_interval=1"]
+    result = run_recipe(tiny_overrides(tiny_model, data, tmp_path, method, *extra))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "f1" in json.loads((tmp_path / method / "metrics.json").read_text())["test"]
+    checked = peftstd("check", str(tmp_path / method))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
