@@ -113,7 +113,7 @@ def parse_ints(text: str, flag: str) -> list[int]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from peftstd.evaluation.evaluate import HEADLINE, compare_targets, evaluate_target, markdown, public
+    from peftstd.evaluation.evaluate import compare_targets, evaluate_target, markdown, public, summary_line
     from peftstd.run.atomic import write_json, write_text
 
     targets = [Path(args.target)] + ([Path(args.compare)] if args.compare else [])
@@ -124,8 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     write_json(out / "eval.json", {"results": [public(r) for r in results], "comparison": comparison})
     write_text(out / "eval.md", markdown(results, comparison))
     for r in results:
-        print(f"{r['evaluated']}: " + ", ".join(f"{m} {r['metrics'][m]:.4f} [95% CI {r['ci95'][m][0]:.4f}-{r['ci95'][m][1]:.4f}]"
-                                                 for m in HEADLINE) + f" (n={r['examples']})")
+        print(summary_line(r))
     for m, c in (comparison or {}).items():
         print(f"difference in {m}: {c['difference']:+.4f} (95% CI {c['ci95'][0]:+.4f} to {c['ci95'][1]:+.4f}), paired bootstrap p={c['p_value']:.3f}")
     print(f"written: {out / 'eval.json'}, {out / 'eval.md'}")
@@ -139,7 +138,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     import numpy as np
 
     from peftstd.evaluation.ensemble import ensemble
-    from peftstd.evaluation.evaluate import HEADLINE, markdown, public
+    from peftstd.evaluation.evaluate import markdown, public, summary_line
     from peftstd.run.atomic import write_json, write_text
 
     results, labels = ensemble([Path(m) for m in args.members], args.data, args.split, args.resamples)
@@ -153,8 +152,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         json.dumps({"prediction": labels[int(p)], "label": labels[int(t)], "probabilities": np.exp(row).round(6).tolist()}) + "\n"
         for p, t, row in zip(combined["_logits"].argmax(-1), combined["_labels"], combined["_logits"])))
     for r in results:
-        print(f"{r['evaluated']}: " + ", ".join(f"{m} {r['metrics'][m]:.4f} [95% CI {r['ci95'][m][0]:.4f}-{r['ci95'][m][1]:.4f}]"
-                                                 for m in HEADLINE) + f" (n={r['examples']})")
+        print(summary_line(r))
     print(f"written: {out / 'ensemble.json'}, {out / 'eval.md'}")
     return 0
 

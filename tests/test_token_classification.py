@@ -192,3 +192,13 @@ def test_ner_trains_with_every_method_and_reloads(tiny_model, tmp_path, method):
     assert "f1" in json.loads((tmp_path / method / "metrics.json").read_text())["test"]
     checked = peftstd("check", str(tmp_path / method))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_bench_reports_the_ner_runs_entity_f1(ner_run, tmp_path):
+    from conftest import peftstd
+
+    result = peftstd("bench", str(ner_run), "--batches", "1", "--sequences", "16", "--repeats", "2",
+                     "--backends", "pytorch-fp32", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    [row] = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert row["metric"] == json.loads((ner_run / "metrics.json").read_text())["test"]["f1"]

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from peftstd.errors import UserError
 
 
@@ -49,11 +48,20 @@ def build_backends(model, export: Path | None, feed, threads: int, names: set[st
 
 
 def artifact_metrics(run: Path, export: Path | None) -> dict[str, float]:
-    metrics = {"pytorch-fp32": json.loads((run / "metrics.json").read_text())["test"]["accuracy"]}
+    """The task's primary test metric of the run (PyTorch) and of each gated artifact."""
+    from peftstd.tasks import PRIMARY_METRIC
+
+    primary = PRIMARY_METRIC[json.loads((run / "manifest.json").read_text())["task"]["type"]]
+    metrics = {"pytorch-fp32": json.loads((run / "metrics.json").read_text())["test"][primary]}
     if export is not None:
         for record in json.loads((export / "export.json").read_text())["gate"]["artifacts"]:
             metrics[f"onnxruntime-{record['artifact']}"] = record["value"]
     return metrics
+
+
+def prediction_text(record: dict) -> str:
+    """The input text of one `predictions/test.jsonl` record, whatever the task wrote."""
+    return record["text"] if "text" in record else " ".join(record["tokens"]) if "tokens" in record else record["prompt"]
 
 
 def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int], threads: int | None,
@@ -77,7 +85,7 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
     threads = torch.get_num_threads()
     loaded = load_run(run)
     model, _ = merge(loaded.model)
-    texts = [json.loads(line)["text"] for line in (run / "predictions" / "test.jsonl").read_text().splitlines()]
+    texts = [prediction_text(json.loads(line)) for line in (run / "predictions" / "test.jsonl").read_text().splitlines()]
     metrics = artifact_metrics(run, export)
     result = {"command": shlex.join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "target": str(target), "machine": hardware(), "versions": package_versions(), "threads": threads,
@@ -98,7 +106,7 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
     (out / "bench.md").write_text(markdown(result))
     chart(result, out / "bench.png")
     table = Table(title=f"peftstd bench: {target} ({threads} threads)")
-    for column in ("backend", "batch", "seq", "p50 ms", "p95 ms", "p99 ms", "samples/s", "accuracy"):
+    for column in ("backend", "batch", "seq", "p50 ms", "p95 ms", "p99 ms", "samples/s", "test metric"):
         table.add_column(column)
     for r in result["rows"]:
         table.add_row(r["backend"], str(r["batch"]), str(r["sequence"]), f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
@@ -112,7 +120,7 @@ def markdown(result: dict) -> str:
     lines = [f"# peftstd bench: `{result['target']}`", "", f"`{result['command']}`", "",
              f"{machine['cpu']}, {machine['cores']} cores ({', '.join(machine['isa'])}), {result['threads']} threads; "
              f"torch {result['versions'].get('torch')}, onnxruntime {result['versions'].get('onnxruntime')}; {result['created']}", "",
-             "| backend | batch | seq | p50 ms | p95 ms | p99 ms | samples/s | tokens/s | size MB | test accuracy | device |",
+             "| backend | batch | seq | p50 ms | p95 ms | p99 ms | samples/s | tokens/s | size MB | test metric | device |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         size = f"{r['size_mb']:.1f}" if r["size_mb"] else "-"

@@ -56,11 +56,11 @@ def evaluation_data(run_dir: Path, data_spec: str | None, split: str):
     from peftstd.tasks import get_task
 
     labels = json.loads((run_dir / "labels.json").read_text())
-    task = json.loads((run_dir / "manifest.json").read_text())["task"]["type"]
-    if task != "text-classification":
-        raise UserError(f"peftstd eval supports text-classification runs so far; this run is {task}")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    if manifest["task"]["type"] != "text-classification":
+        raise UserError(f"peftstd eval supports text-classification runs so far; this run is {manifest['task']['type']}")
     if data_spec is None:
-        cfg, splits = run_splits(run_dir, json.loads((run_dir / "manifest.json").read_text()))  # sha256-checked
+        cfg, splits = run_splits(run_dir, manifest)  # sha256-checked
         rows = dict(splits.items())[split]
         source = f"{cfg.data.source} [{split}]"
     else:
@@ -110,6 +110,12 @@ def compare_targets(first: dict, second: dict, resamples: int = 1000) -> dict:
 
 def public(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def summary_line(result: dict) -> str:
+    """`name: metric value [95% CI low-high], ... (n=N)`: what `peftstd eval` and `peftstd ensemble` print per target."""
+    intervals = ", ".join(f"{m} {result['metrics'][m]:.4f} [95% CI {result['ci95'][m][0]:.4f}-{result['ci95'][m][1]:.4f}]" for m in HEADLINE)
+    return f"{result['evaluated']}: {intervals} (n={result['examples']})"
 
 
 def markdown(results: list[dict], comparison: dict | None) -> str:

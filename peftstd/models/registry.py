@@ -66,9 +66,8 @@ def pretraining_model(path: Path) -> Path | None:
     import json
 
     manifest = path / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("pretraining"):
-        return path / json.loads(manifest.read_text())["pretraining"]["model_dir"]
-    return None
+    pretraining = json.loads(manifest.read_text()).get("pretraining") if manifest.is_file() else None
+    return path / pretraining["model_dir"] if pretraining else None
 
 
 def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
