@@ -7,17 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 from peftstd.errors import UserError
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
-
-
-def check_members(predictors: list, split: str, own_data: bool) -> None:
-    """Members must share labels, and (on their own data) the very same examples of `split`."""
+def check_members(predictors: list, split: str, own_data: bool) -> list[str]:
+    """The members' shared labels; they must share them, and (on their own data) the very same examples of `split`."""
     first = predictors[0].run_dir
     labels = json.loads((first / "labels.json").read_text())
     for member in predictors[1:]:
@@ -28,6 +24,7 @@ def check_members(predictors: list, split: str, own_data: bool) -> None:
             hashes = [json.loads((m.run_dir / "manifest.json").read_text())["data"]["sha256"][split] for m in (predictors[0], member)]
             if hashes[0] != hashes[1]:
                 raise UserError(f"{member.name} was trained on another {split} split than {predictors[0].name}; give --data to evaluate both on the same examples")
+    return labels
 
 
 def ensemble(members: list[Path], data_spec: str | None, split: str, resamples: int = 1000) -> tuple[list[dict], list[str]]:
@@ -37,9 +34,9 @@ def ensemble(members: list[Path], data_spec: str | None, split: str, resamples: 
     if len(members) < 2:
         raise UserError(f"an ensemble needs at least 2 members, got {len(members)}")
     predictors = [predictor(Path(m), None) for m in members]
-    check_members(predictors, split, data_spec is None)
+    labels = check_members(predictors, split, data_spec is None)
     data, source, task = evaluation_data(predictors[0].run_dir, data_spec, split)
     results = [score(p.name, p.logits(data), data, source, task, resamples) for p in predictors]
-    probabilities = np.mean([softmax(r["_logits"]) for r in results], axis=0)
+    probabilities = np.mean([softmax(r["_logits"], axis=-1) for r in results], axis=0)
     results.append(score(f"ensemble of {len(predictors)}", np.log(probabilities), data, source, task, resamples))
-    return results, json.loads((predictors[0].run_dir / "labels.json").read_text())
+    return results, labels

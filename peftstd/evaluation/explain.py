@@ -15,20 +15,27 @@ from pathlib import Path
 import torch
 
 
+def embedding_inputs(model, tokenizer, encoded, special: torch.Tensor):
+    """(input embeddings, baseline embeddings, embeddings -> logits) for one encoded text. The baseline
+    replaces every token but the `special` ones with [PAD]; the other inputs (attention mask, token
+    types) are expanded to the batch of interpolation steps captum feeds in."""
+    embed = model.get_input_embeddings()
+    baseline_ids = torch.where(special, encoded["input_ids"][0], torch.tensor(tokenizer.pad_token_id)).unsqueeze(0)
+    extra = {k: v for k, v in encoded.items() if k != "input_ids"}
+
+    def logits_of(inputs_embeds):
+        return model(inputs_embeds=inputs_embeds, **{k: v.expand(inputs_embeds.shape[0], -1) for k, v in extra.items()}).logits
+
+    return embed(encoded["input_ids"]).detach(), embed(baseline_ids).detach(), logits_of
+
+
 def explain_text(loaded, text: str, steps: int = 64, max_length: int = 128) -> dict:
     from captum.attr import IntegratedGradients
 
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
     encoded = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)
-    embed = model.get_input_embeddings()
     special = torch.tensor(tokenizer.get_special_tokens_mask(encoded["input_ids"][0].tolist(), already_has_special_tokens=True)).bool()
-    baseline_ids = torch.where(special, encoded["input_ids"][0], torch.tensor(tokenizer.pad_token_id)).unsqueeze(0)
-    extra = {k: v for k, v in encoded.items() if k not in ("input_ids",)}
-
-    def logits_of(inputs_embeds):
-        return model(inputs_embeds=inputs_embeds, **{k: v.expand(inputs_embeds.shape[0], -1) for k, v in extra.items()}).logits
-
-    inputs, baseline = embed(encoded["input_ids"]).detach(), embed(baseline_ids).detach()
+    inputs, baseline, logits_of = embedding_inputs(model, tokenizer, encoded, special)
     with torch.no_grad():
         logits, baseline_logits = logits_of(inputs)[0], logits_of(baseline)[0]
     integrated = IntegratedGradients(logits_of)
@@ -51,20 +58,14 @@ def explain_entities(loaded, text: str, steps: int = 64, max_length: int = 128) 
     from captum.attr import IntegratedGradients
     from seqeval.metrics.sequence_labeling import get_entities
 
+    from peftstd.tasks.token_classification import first_pieces
+
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
     words = text.split()
     encoded = tokenizer(words, is_split_into_words=True, return_tensors="pt", truncation=True, max_length=max_length)
     word_ids = encoded.word_ids()
-    first_piece = {w: i for i, w in reversed(list(enumerate(word_ids))) if w is not None}
-    embed = model.get_input_embeddings()
-    special = torch.tensor([w is None for w in word_ids])
-    baseline_ids = torch.where(special, encoded["input_ids"][0], torch.tensor(tokenizer.pad_token_id)).unsqueeze(0)
-    extra = {k: v for k, v in encoded.items() if k != "input_ids"}
-    inputs, baseline = embed(encoded["input_ids"]).detach(), embed(baseline_ids).detach()
-
-    def all_logits(inputs_embeds):
-        return model(inputs_embeds=inputs_embeds, **{k: v.expand(inputs_embeds.shape[0], -1) for k, v in extra.items()}).logits
-
+    first_piece = first_pieces(word_ids)
+    inputs, baseline, all_logits = embedding_inputs(model, tokenizer, encoded, torch.tensor([w is None for w in word_ids]))
     with torch.no_grad():
         logits, baseline_logits = all_logits(inputs)[0], all_logits(baseline)[0]
     probabilities = torch.softmax(logits, -1)

@@ -20,6 +20,7 @@ def artifact_path(export_dir: Path, artifact: str) -> Path:
 
 
 def predict(export_dir: Path, texts: list[str], artifact: str = "model.onnx") -> list[dict]:
+    from scipy.special import softmax
     from transformers import AutoTokenizer
 
     from peftstd.export.inference import onnx_session
@@ -34,8 +35,7 @@ def predict(export_dir: Path, texts: list[str], artifact: str = "model.onnx") ->
         return predict_entities(session, names, tokenizer, texts, labels, info["max_length"])
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=info["max_length"], return_tensors="np")
     logits = session.run(["logits"], {k: v.astype(np.int64) for k, v in encoded.items() if k in names})[0]
-    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
-    probabilities /= probabilities.sum(-1, keepdims=True)
+    probabilities = softmax(logits, axis=-1)
     return [{"text": text, "label": labels[int(p.argmax())], "probability": float(p.max()),
              "probabilities": dict(zip(labels, map(float, p)))} for text, p in zip(texts, probabilities)]
 
@@ -44,15 +44,16 @@ def predict_entities(session, names, tokenizer, texts: list[str], labels: list[s
     """Token classification: each text split on whitespace, tagged on each word's first piece, as entity spans."""
     from seqeval.metrics.sequence_labeling import get_entities
 
+    from peftstd.tasks.token_classification import first_pieces
+
     words = [text.split() for text in texts]
     encoded = tokenizer(words, is_split_into_words=True, padding=True, truncation=True, max_length=max_length, return_tensors="np")
     logits = session.run(["logits"], {k: v.astype(np.int64) for k, v in encoded.items() if k in names})[0]
     out = []
     for i, (text, row_words) in enumerate(zip(texts, words)):
-        ids = encoded.word_ids(i)
-        first = [j for j, w in enumerate(ids) if w is not None and (j == 0 or ids[j - 1] != w)]
-        tags = [labels[int(logits[i, j].argmax())] for j in first] + ["O"] * (len(row_words) - len(first))
+        first = first_pieces(encoded.word_ids(i))
+        tags = [labels[int(logits[i, first[w]].argmax())] if w in first else "O" for w in range(len(row_words))]  # cut words: O
         entities = [{"type": t, "text": " ".join(row_words[a : b + 1]), "start": a, "end": b + 1} for t, a, b in get_entities(tags)]
         out.append({"text": text, "tags": tags, "entities": entities,
-                    "label": "; ".join(f"{e['type']}: {e['text']}" for e in entities) or "(no entities)", "probability": float("nan")})
+                    "label": "; ".join(f"{e['type']}: {e['text']}" for e in entities) or "(no entities)"})
     return out

@@ -19,6 +19,15 @@ def tag_order(tag: str) -> tuple[str, int]:
     return ("", 0) if tag == "O" else (tag[2:], 0 if tag.startswith("B-") else 1)
 
 
+def first_pieces(word_ids: list[int | None]) -> dict[int, int]:
+    """Word index -> position of its first word piece, from a fast tokenizer's `word_ids()`."""
+    positions: dict[int, int] = {}
+    for position, word in enumerate(word_ids):
+        if word is not None:
+            positions.setdefault(word, position)
+    return positions
+
+
 class TokenClassification(Task):
     name = "token-classification"
     peft_task_type = "TOKEN_CLS"
