@@ -89,11 +89,10 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
     if cfg.objective == "masked-lm":
         train, collator = masked_lm_features(tokenizer, splits.train, cfg)
         validation, _ = masked_lm_features(tokenizer, splits.validation, cfg)
-        validation_batches = fixed_masks(validation, collator, cfg.evaluation.batch_size, cfg.evaluation.seed)
     else:
         train, collator = causal_blocks(tokenizer, splits.train, cfg.block_size)
         validation, _ = causal_blocks(tokenizer, splits.validation, cfg.block_size)
-        validation_batches = fixed_masks(validation, collator, cfg.evaluation.batch_size, cfg.evaluation.seed)
+    validation_batches = fixed_masks(validation, collator, cfg.evaluation.batch_size, cfg.evaluation.seed)
     steps_per_epoch, total_steps = optimizer_steps(
         len(train), cfg.training.batch_size, accelerator.num_processes,
         cfg.training.gradient_accumulation_steps, cfg.training.epochs, cfg.training.max_steps,

@@ -231,6 +231,10 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
 
     reference_points = metric_points(task, logits(fp32_path, search), search.label_ids)
     reference_probe = logits(fp32_path, probe)
+
+    def search_drop(path: Path) -> float:
+        return reference_points - metric_points(task, logits(path, search), search.label_ids)
+
     target = profile.budget / 2
     stage: dict = {"isa": quantize.int8_isa(), "calibration": "percentile 99.999", "search_examples": len(search.texts),
                    "search_target_points": target, "artifacts": {}}
@@ -251,14 +255,14 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
         dst = folder / filename
         make([], dst)
         excluded: list[str] = []
-        drop = reference_points - metric_points(task, logits(dst, search), search.label_ids)
+        drop = search_drop(dst)
         if drop > target:
             nodes = quantize.quantizable_nodes(prepared)
             ranked = quantize.sensitivity(nodes, make, lambda p: float(((logits(p, probe) - reference_probe) ** 2).mean()), work)
             for count in (1, 2, 4, 8, 16, len(nodes)):
                 excluded = [node for node, _ in ranked[:count]]
                 make(excluded, dst)
-                drop = reference_points - metric_points(task, logits(dst, search), search.label_ids)
+                drop = search_drop(dst)
                 if drop <= target:
                     break
         stage["artifacts"][name] = {"file": filename, "search_drop_points": drop, "kept_in_float": excluded}

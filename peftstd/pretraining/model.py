@@ -33,8 +33,8 @@ def build_model(cfg, base_path: Path, tokenizer):
     except ValueError as error:  # e.g. a decoder-only model asked for masked-LM
         raise ConfigError(f"{cfg.model.name} cannot be trained as {cfg.objective}: {str(error).splitlines()[0]}") from None
     started = f"{cfg.model.name}"
+    heads = [name for name in HEAD_NAMES if hasattr(model, name)]
     if cfg.head_only:
-        heads = [name for name in HEAD_NAMES if hasattr(model, name)]
         if not heads:
             raise ConfigError(f"head_only: {type(model).__name__} has no separate LM head ({', '.join(HEAD_NAMES)})")
         for name, parameter in model.named_parameters():
@@ -43,7 +43,6 @@ def build_model(cfg, base_path: Path, tokenizer):
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        heads = [name for name in HEAD_NAMES if hasattr(model, name)]
         model = get_peft_model(model, LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                                  target_modules=cfg.lora.target_modules, modules_to_save=heads))
     return model, started

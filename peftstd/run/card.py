@@ -14,26 +14,31 @@ LIBRARY = {"full": "transformers", "lora": "peft", "adalora": "peft", "adapter":
 PIPELINE_TAGS = {"causal-lm": "text-generation"}  # the Hub's name for the task, where it differs from ours
 
 
+def hub_id_and_license(model_name: str) -> tuple[str, str]:
+    """The Hub id and licence of a registered model; other names (hub ids, folders) stand for themselves."""
+    return (MODELS[model_name].hub_id, MODELS[model_name].license) if model_name in MODELS else (model_name, "other")
+
+
 def front_matter(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     from peftstd.tasks import get_task
 
-    base = MODELS[cfg.model.name].hub_id if cfg.model.name in MODELS else cfg.model.name
+    base, license_name = hub_id_and_license(cfg.model.name)
     dataset = cfg.data.source
     test = metrics["test"]
     shown = get_task(cfg.task.type).card_metrics
+    hub_task = PIPELINE_TAGS.get(cfg.task.type, cfg.task.type)
     return {
         "base_model": base,
         "library_name": LIBRARY[cfg.method],
-        "license": MODELS[cfg.model.name].license if cfg.model.name in MODELS else "other",
+        "license": license_name,
         "datasets": [dataset],
         "metrics": list(dict.fromkeys(kind for _, kind, _ in shown)),
-        "pipeline_tag": PIPELINE_TAGS.get(cfg.task.type, cfg.task.type),
+        "pipeline_tag": hub_task,
         "tags": ["peftstd", cfg.task.type, cfg.method],
         "model-index": [{
             "name": name,
             "results": [{
-                "task": {"type": PIPELINE_TAGS.get(cfg.task.type, cfg.task.type),
-                         "name": PIPELINE_TAGS.get(cfg.task.type, cfg.task.type).replace("-", " ").capitalize()},
+                "task": {"type": hub_task, "name": hub_task.replace("-", " ").capitalize()},
                 "dataset": {"name": dataset, "type": dataset, "split": "test"},
                 "metrics": [{"type": kind, "value": round(test[key], 4), "name": title} for key, kind, title in shown],
             }],
@@ -173,12 +178,12 @@ machine, with percentiles over a batch and sequence grid: `peftstd bench` on thi
 
 def render_pretraining_card(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
     """`README.md` of a pretraining run: front matter with the held-out perplexity, then what was trained on what."""
-    base = MODELS[cfg.model.name].hub_id if cfg.model.name in MODELS else cfg.model.name
+    base, license_name = hub_id_and_license(cfg.model.name)
     start, best = metrics["start"], metrics["best"]
     meta = {
         "base_model": None if cfg.from_scratch else base,
         "library_name": "transformers",
-        "license": MODELS[cfg.model.name].license if cfg.model.name in MODELS and not cfg.from_scratch else "other",
+        "license": "other" if cfg.from_scratch else license_name,
         "datasets": [cfg.data.source],
         "metrics": ["perplexity", "accuracy"],
         "pipeline_tag": "fill-mask" if cfg.objective == "masked-lm" else "text-generation",
