@@ -73,8 +73,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from peftstd.export.predict import predict
 
-    for row in predict(Path(args.export_dir), args.texts, args.artifact):
-        if "entities" in row:
+    for row in predict(Path(args.export_dir), args.texts, args.artifact, args.context):
+        if "entities" in row or "answer" in row:
             print(f"{row['label']}\t{row['text']}")
         else:
             print(f"{row['label']}\t{row['probability']:.4f}\t{row['text']}")
@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="run an exported artifact on some texts")
     predict.add_argument("export_dir", help="export folder")
-    predict.add_argument("texts", nargs="+", help="texts to classify")
+    predict.add_argument("texts", nargs="+", help="texts to classify or tag (question answering: the questions)")
+    predict.add_argument("--context", help="question answering: the passage the questions are answered from")
     predict.add_argument("--artifact", default="model.onnx", help="artifact file in the folder (default %(default)s)")
     predict.set_defaults(func=cmd_predict)
 

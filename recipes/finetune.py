@@ -97,9 +97,10 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     model_config = AutoConfig.from_pretrained(base.path)
     check_max_length(cfg.model.max_length, model_config)
     splits = load_splits(cfg.data, cfg.task.type)
-    task = get_task(cfg.task.type)
+    task = get_task(cfg.task.type, settings=cfg.task.model_dump())
     labels = task.label_names(cfg.task.labels, splits)
     method = get_method(cfg.method)
+    task.check_model(model_config)
     method.check_architecture(model_config.model_type)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     regularization = cfg.regularization
@@ -198,7 +199,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             state.batches_in_epoch += 1
             state.running_loss += loss.detach().float().item()
             state.running_batches += 1
-            state.seen += len(batch["labels"]) * accelerator.num_processes
+            state.seen += len(batch["input_ids"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
@@ -280,7 +281,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                            "conversion": conversion_record(base.path),
                            "pretraining_run": base.source.removeprefix("pretraining-run:") if base.source.startswith("pretraining-run:") else None},
             "method": {"name": method.name, "weights_dir": method.weights_dir, **method.run_summary(unwrapped)},
-            "task": {"type": task.name, "labels": labels},
+            "task": {"type": task.name, "labels": labels, "settings": cfg.task.model_dump()},
             "data": {
                 "sources": splits.sources,
                 "sizes": {split: len(rows) for split, rows in splits.items()},

@@ -160,7 +160,7 @@ def test_check_verifies_an_sft_run(sft_run):
     assert "adapter/ loads with stock libraries: peft" in result.stdout
 
 
-@pytest.mark.parametrize("method", ["full", "adalora"])
+@pytest.mark.parametrize("method", ["full", "adalora", "adapter"])
 def test_sft_trains_with_other_methods_and_reloads(tiny_llama, tmp_path, method):
     from conftest import peftstd
 
@@ -174,3 +174,57 @@ def test_sft_trains_with_other_methods_and_reloads(tiny_llama, tmp_path, method)
     assert {"perplexity", "bleu", "rougeL"} <= set(json.loads((tmp_path / method / "metrics.json").read_text())["test"])
     checked = peftstd("check", str(tmp_path / method))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_sft_run_exports_with_a_kv_cache_and_passes_the_gate(sft_run, tmp_path):
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    from conftest import peftstd
+    from peftstd.export.merge import merge
+    from peftstd.run.load import load_run
+
+    out = tmp_path / "export"
+    result = peftstd("export", str(sft_run), "--int8", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "export.json").read_text())
+    fp32, int8 = report["gate"]["artifacts"]
+    assert fp32["passed"] and int8["passed"] and fp32["max_abs_logit_difference"] < 1e-4
+    assert fp32["decoding"]["prompts"] == 16 and fp32["decoding"]["max_abs_score_difference"] < 1e-4
+    assert report["stages"]["onnx"]["optimum_task"] == "text-generation-with-past"
+    artifact = ORTModelForCausalLM.from_pretrained(out / "int8", provider="CPUExecutionProvider")
+    assert artifact.can_use_cache
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model, _ = merge(load_run(sft_run).model)
+    ids = tokenizer(["the movie was"], return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        difference = (model(**ids).logits - artifact(**ids).logits).abs().max()
+    assert difference < 0.5  # int8 stays close; the gate holds its perplexity within the budget
+    assert peftstd("check", str(out)).returncode == 0
+
+
+def test_a_broken_generative_artifact_fails_the_gate(sft_run, tmp_path, monkeypatch):
+    """A weight perturbed between export and verification must fail parity and exit non-zero."""
+    import onnx
+    from onnx import numpy_helper
+
+    from peftstd.export import generative
+    from peftstd.export.pipeline import export_run
+    from peftstd.export.profile import ExportProfile
+
+    original = generative.export_folder
+
+    def export_then_break(*args, **kwargs):
+        record = original(*args, **kwargs)
+        path = args[2] / "model.onnx"
+        model = onnx.load(str(path))
+        weight = max(model.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+        weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.05, weight.name))
+        onnx.save(model, str(path))
+        return record
+
+    monkeypatch.setattr(generative, "export_folder", export_then_break)
+    code = export_run(sft_run, tmp_path / "broken", ExportProfile(speed_check=False))
+    report = json.loads((tmp_path / "broken" / "export.json").read_text())
+    assert code != 0 and report["status"] == "failed" and not report["gate"]["artifacts"][0]["parity_passed"]

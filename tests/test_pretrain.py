@@ -133,3 +133,38 @@ def test_check_verifies_a_pretraining_run(mlm_run):
     result = peftstd("check", str(mlm_run))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "model/ loads with stock libraries: transformers" in result.stdout
+
+
+def test_next_sentence_pairs_are_successors_or_random_texts():
+    from peftstd.pretraining.corpus import IS_NEXT, RANDOM_NEXT, sentence_pairs
+
+    texts = [f"text {i}" for i in range(200)]
+    first, second, labels = sentence_pairs(texts, seed=0)
+    assert len(first) == 199 and 0.4 < labels.count(IS_NEXT) / len(labels) < 0.6
+    for a, b, label in zip(first, second, labels):
+        successor = texts[texts.index(a) + 1]
+        assert (b == successor) == (label == IS_NEXT) and b != a
+    assert sentence_pairs(texts, seed=0) == (first, second, labels) and labels.count(RANDOM_NEXT) > 0
+
+
+def test_masked_lm_with_next_sentence_prediction_trains_both_heads(tiny_model, tmp_path):
+    import torch
+    from transformers import BertForPreTraining
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": r["text"]} for r in synthetic_rows(300, seed=5)])
+    result = run_pretrain(*pretrain_overrides(tiny_model, corpus, tmp_path, "nsp", "masking.next_sentence=true",
+                                              "training.max_steps=20", "training.learning_rate=0.003"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "nsp" / "metrics.json").read_text())
+    assert 0 <= metrics["start"]["next_sentence_accuracy"] <= 1 and "next_sentence_accuracy" in metrics["best"]
+    assert metrics["best"]["perplexity"] < metrics["start"]["perplexity"]
+    trained = BertForPreTraining.from_pretrained(tmp_path / "nsp" / "model")
+    untrained = BertForPreTraining.from_pretrained(tiny_model)
+    assert not torch.equal(trained.cls.seq_relationship.weight, untrained.cls.seq_relationship.weight)
+
+
+def test_next_sentence_needs_a_model_with_that_head(tiny_model, tmp_path):
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": r["text"]} for r in synthetic_rows(40)])
+    result = run_pretrain(*pretrain_overrides(tiny_model, corpus, tmp_path, "nsp", "from_scratch=gpt2-tiny", "masking.next_sentence=true"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr and not (tmp_path / "nsp").exists()
+    assert "needs a model with a next-sentence-prediction head" in result.stderr

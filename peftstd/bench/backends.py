@@ -9,6 +9,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from peftstd.export.inference import output_array
+
 
 @dataclass
 class Backend:
@@ -26,7 +28,7 @@ def torch_backend(name: str, model, feed: dict[str, np.ndarray], autocast_bf16: 
     @torch.inference_mode()
     def run():
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast_bf16):
-            logits = model(**tensors).logits
+            logits = output_array(model(**tensors))
         if cuda:
             torch.cuda.synchronize()  # time the kernels, not their launch
         return logits
@@ -53,11 +55,11 @@ def torch_compile_backend(name: str, model, feed: dict[str, np.ndarray], device:
 def onnx_backend(name: str, path: Path, feed: dict[str, np.ndarray], threads: int,
                  disabled_optimizers: list[str] | None = None) -> Backend:
     """`disabled_optimizers` unset: the session settings recorded in the artifact's export.json."""
-    from peftstd.export.inference import onnx_session
+    from peftstd.export.inference import onnx_session, run_session
 
     # Interleaved with other backends: no busy-waiting threads left behind to slow the next one down.
     session = onnx_session(path, threads, disabled_optimizers, spinning=False)  # raises unless the CPU provider really runs it
     names = {i.name for i in session.get_inputs()}
     inputs = {k: v for k, v in feed.items() if k in names}
-    return Backend(name, lambda: session.run(["logits"], inputs), f"onnxruntime {session.get_providers()[0]}, {threads} threads",
+    return Backend(name, lambda: run_session(session, inputs), f"onnxruntime {session.get_providers()[0]}, {threads} threads",
                    path.stat().st_size / 2**20)

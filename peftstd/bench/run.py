@@ -61,7 +61,11 @@ def artifact_metrics(run: Path, export: Path | None) -> dict[str, float]:
 
 def prediction_text(record: dict) -> str:
     """The input text of one `predictions/test.jsonl` record, whatever the task wrote."""
-    return record["text"] if "text" in record else " ".join(record["tokens"]) if "tokens" in record else record["prompt"]
+    if "tokens" in record:
+        return " ".join(record["tokens"])
+    if "question" in record:
+        return record["question"] + " " + record["context"]
+    return record.get("text", record.get("prompt"))
 
 
 def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int], threads: int | None,

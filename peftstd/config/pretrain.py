@@ -26,6 +26,9 @@ PRESETS: dict[str, dict] = {
 class MaskingSection(Section):
     probability: float = Field(0.15, gt=0, lt=1, description="Masked-LM: share of tokens selected for prediction (of those: 80% [MASK], 10% random, 10% kept).")
     whole_word: bool = Field(False, description="Masked-LM: select whole words (all their word pieces together, all replaced by [MASK]) instead of single pieces.")
+    next_sentence: bool = Field(
+        False, description="Masked-LM: also train BERT's next-sentence-prediction head. Each sequence pairs a corpus text with the one "
+        "after it, or (half the time, seeded) with a random other text; needs a model with that head (BERT).")
 
 
 class PretrainEvaluation(Section):

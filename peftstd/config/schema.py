@@ -22,7 +22,7 @@ from peftstd.regularization import RegularizationSection
 from peftstd.tasks import PRIMARY_METRIC, TASK_METRICS
 
 MethodName = Literal["full", "lora", "adalora", "adapter"]
-TaskName = Literal["text-classification", "token-classification", "causal-lm"]
+TaskName = Literal["text-classification", "token-classification", "causal-lm", "seq2seq", "question-answering"]
 
 
 class ModelSection(Section):
@@ -53,9 +53,13 @@ class DataSection(Section):
     label_column: str = Field("label", description="Column holding the label (string or integer).")
     tokens_column: str = Field("tokens", description="Token classification: column holding the list of words (jsonl, hub).")
     tags_column: str = Field("tags", description="Token classification: column holding the list of tags, one per word (names or ClassLabel ids).")
-    prompt_column: str = Field("prompt", description="Causal-LM fine-tuning: column holding the prompt.")
-    response_column: str = Field("response", description="Causal-LM fine-tuning: column holding the response to learn.")
+    prompt_column: str = Field("prompt", description="Causal-LM fine-tuning: column holding the prompt (seq2seq: the source text).")
+    response_column: str = Field("response", description="Causal-LM fine-tuning: column holding the response to learn (seq2seq: the target text).")
     messages_column: str = Field("messages", description="Causal-LM fine-tuning: chat-format column ({role, content} turns; the last, the assistant's, is learned).")
+    question_column: str = Field("question", description="Question answering: column holding the question.")
+    context_column: str = Field("context", description="Question answering: column holding the passage that contains the answer.")
+    answers_column: str = Field("answers", description="Question answering: SQuAD-style column {text: [...], answer_start: [...]} "
+                                "(character offsets into the context; several gold answers allowed).")
     conll_separator: str | None = Field(None, description="CoNLL files: field separator (token first, tag last); null splits on whitespace.")
     conll_sentence_delimiter: str | None = Field(
         None, description="CoNLL files: the line that ends a sentence; null means any line that is blank once stripped.")
@@ -73,10 +77,13 @@ class TaskSection(Section):
     label_all_subwords: bool = Field(
         False, description="Token classification: train on every word piece (B- becomes I- after the first) instead of the first piece only; "
         "evaluation always scores the first piece of each word.")
+    doc_stride: int = Field(64, ge=1, description="Question answering: tokens shared by consecutive windows of a context longer than "
+                            "model.max_length (each window is one feature; answers are chosen across all windows).")
+    max_answer_tokens: int = Field(30, ge=1, description="Question answering: longest answer span considered, in tokens.")
 
 
 class GenerationSection(Section):
-    max_new_tokens: int = Field(48, ge=1, le=4096, description="Causal-LM: tokens generated per held-out prompt for BLEU/ROUGE.")
+    max_new_tokens: int = Field(48, ge=1, le=4096, description="Causal-LM and seq2seq: tokens generated per held-out prompt for BLEU/ROUGE.")
     num_beams: int = Field(1, ge=1, le=16, description="Beam search width (1: greedy, unless do_sample).")
     do_sample: bool = Field(False, description="Sample instead of greedy/beam decoding (seeded with training.seed).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (with do_sample).")
@@ -104,7 +111,8 @@ class TrainingSection(Section):
 class EvaluationSection(Section):
     metric: str | None = Field(
         None, description="Validation metric for best-checkpoint selection and early stopping (e.g. accuracy, macro_f1, f1, loss); "
-        "null: the task's primary metric (accuracy for text classification, entity micro-F1 `f1` for token classification).")
+        "null: the task's primary metric (accuracy for text classification, entity micro-F1 `f1` for token classification, "
+        "validation `loss` for causal-LM and seq2seq, SQuAD `f1` for question answering).")
     every_steps: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps; once per epoch when omitted.")
     batch_size: int = Field(64, ge=1, description="Examples per evaluation batch.")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evaluations without improvement; null disables.")
@@ -133,7 +141,7 @@ class RecipeConfig(Section):
     adalora: AdaLoraSection = Field(default_factory=AdaLoraSection, description="AdaLoRA settings (used when method is adalora).")
     adapter: AdapterSection = Field(default_factory=AdapterSection, description="Bottleneck-adapter settings (used when method is adapter).")
     training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation settings.")
-    generation: GenerationSection = Field(default_factory=GenerationSection, description="Decoding settings of generation metrics (causal-LM).")
+    generation: GenerationSection = Field(default_factory=GenerationSection, description="Decoding settings of generation metrics (causal-LM, seq2seq).")
     regularization: RegularizationSection = Field(
         default_factory=RegularizationSection, description="Dropout, label smoothing, adversarial training, augmentation.")
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection, description="Evaluation, model selection, early stopping.")

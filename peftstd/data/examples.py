@@ -58,9 +58,27 @@ class PromptExample:
         return [{"role": role, "content": text} for role, text in self.history] + [{"role": "user", "content": self.prompt}]
 
 
+@dataclass(frozen=True)
+class QAExample:
+    """A question about a context and its gold answers (SQuAD-style: text and character start in the context)."""
+
+    question: str
+    context: str
+    answers: tuple[str, ...]
+    answer_starts: tuple[int, ...]
+    origin: str = ""
+
+    def content(self) -> list:
+        return [self.question, self.context, list(self.answers), list(self.answer_starts)]
+
+    @property
+    def text(self) -> str:
+        return self.question
+
+
 @dataclass
 class Splits:
-    train: list  # of Example or TokenExample
+    train: list  # of one example type
     validation: list
     test: list
     skipped_rows: int = 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from peftstd.data.conll import read_conll
-from peftstd.data.examples import Example, PromptExample, Splits, TokenExample
+from peftstd.data.examples import Example, PromptExample, QAExample, Splits, TokenExample
 from peftstd.data.registry import DATASETS
 from peftstd.data.splits import split_examples
 from peftstd.errors import DataError
@@ -22,6 +22,7 @@ from peftstd.errors import DataError
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 CONLL_SUFFIXES = (".conll", ".txt", ".bio", ".iob")
 TOKEN_TASKS = ("token-classification",)
+PROMPT_TASKS = ("causal-lm", "seq2seq")  # prompt/response rows
 
 
 def load_splits(section, task: str = "text-classification") -> Splits:
@@ -60,7 +61,7 @@ def read_source(spec: str, section, bad: list[str], task: str = "text-classifica
     if spec in DATASETS:
         if task == "corpus":  # pretraining reads the text of any registered dataset
             return {"train": [Example(row.text, "", origin=row.origin) for row in DATASETS[spec].load()]}
-        if DATASETS[spec].task != task:
+        if DATASETS[spec].task != task and not {DATASETS[spec].task, task} <= set(PROMPT_TASKS):
             raise DataError(f"dataset {spec!r} is a {DATASETS[spec].task} dataset, not {task}; "
                             f"{task} datasets: {', '.join(n for n, d in DATASETS.items() if d.task == task) or 'none registered'}")
         return {"train": DATASETS[spec].load()}
@@ -74,7 +75,8 @@ def read_file(path: Path, section, bad: list[str], task: str = "text-classificat
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
-    allowed = {"corpus": (*FILE_SUFFIXES, ".txt"), "causal-lm": (".jsonl", ".json", ".parquet")}.get(
+    nested = (".jsonl", ".json", ".parquet")  # rows holding lists or dicts
+    allowed = {"corpus": (*FILE_SUFFIXES, ".txt"), "causal-lm": nested, "seq2seq": FILE_SUFFIXES, "question-answering": nested}.get(
         task, (".jsonl", ".json", *CONLL_SUFFIXES) if task in TOKEN_TASKS else FILE_SUFFIXES)
     if suffix not in allowed:
         raise DataError(f"data file {str(path)!r} has an unsupported type for {task}; allowed: {', '.join(allowed)}")
@@ -167,8 +169,10 @@ def to_examples(records: Iterable[tuple[str, dict[str, Any]]], section, bad: lis
                 names: list[str] | None = None) -> list:
     if task in TOKEN_TASKS:
         return to_token_examples(records, section, bad, names)
-    if task == "causal-lm":
+    if task in PROMPT_TASKS:
         return to_prompt_examples(records, section, bad)
+    if task == "question-answering":
+        return to_qa_examples(records, section, bad)
     examples = []
     for origin, row in records:
         text = row.get(section.text_column)
@@ -213,6 +217,28 @@ def to_prompt_examples(records, section, bad: list[str]) -> list[PromptExample]:
             bad.append(origin)
             continue
         examples.append(PromptExample(str(prompt), str(response), origin=origin))
+    return examples
+
+
+def to_qa_examples(records, section, bad: list[str]) -> list[QAExample]:
+    """SQuAD-style rows: question, context, and answers {text: [...], answer_start: [...]} whose every
+    answer must be found at its character offset in the context."""
+    examples = []
+    for origin, row in records:
+        question, context, answers = row.get(section.question_column), row.get(section.context_column), row.get(section.answers_column)
+        texts = answers.get("text") if isinstance(answers, dict) else None
+        starts = answers.get("answer_start") if isinstance(answers, dict) else None
+        if is_missing(question) or is_missing(context) or texts is None or starts is None or not len(texts):
+            bad.append(origin)
+            continue
+        texts, starts = [str(t) for t in texts], [int(a) for a in starts]
+        if len(texts) != len(starts):
+            raise DataError(f"{origin}: {section.answers_column} has {len(texts)} answer texts but {len(starts)} answer_start offsets")
+        for text, start in zip(texts, starts):
+            if str(context)[start : start + len(text)] != text:
+                raise DataError(f"{origin}: answer {text!r} is not at character {start} of the context "
+                                f"(found {str(context)[start : start + len(text)]!r}); answer_start counts characters from 0")
+        examples.append(QAExample(str(question), str(context), tuple(texts), tuple(starts), origin=origin))
     return examples
 
 

@@ -74,7 +74,7 @@ def evaluation_data(run_dir: Path, data_spec: str | None, split: str):
     unknown = sorted({r.label for r in rows} - set(labels))
     if unknown:
         raise UserError(f"labels {unknown} of {source} are not among the model's labels {labels}")
-    return task_data(rows, labels), source, get_task(cfg.task.type, labels)
+    return task_data(rows, labels), source, get_task(cfg.task.type, labels, cfg.task.model_dump())
 
 
 def evaluate_target(target: Path, data_spec: str | None, split: str, artifact: str | None, resamples: int = 1000) -> dict:

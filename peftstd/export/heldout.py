@@ -19,10 +19,11 @@ class TaskData:
     pairs: list[str] | None
     label_ids: np.ndarray
     words: list[list[str]] | None = None
+    features: list[dict] | None = None  # question answering: one entry per context window, `label_ids` its feature id
 
     def head(self, n: int) -> "TaskData":
         return TaskData(self.texts[:n], self.pairs[:n] if self.pairs else None, self.label_ids[:n],
-                        self.words[:n] if self.words else None)
+                        self.words[:n] if self.words else None, self.features[:n] if self.features else None)
 
 
 def run_splits(run_dir, manifest):
@@ -39,8 +40,13 @@ def run_splits(run_dir, manifest):
     return cfg, splits
 
 
-def task_data(rows, labels: list[str], tokenizer=None, max_length: int | None = None) -> TaskData:
-    """`tokenizer` and `max_length` are needed for token classification (word-piece label alignment)."""
+def task_data(rows, labels: list[str], tokenizer=None, max_length: int | None = None, task=None) -> TaskData:
+    """`tokenizer` and `max_length` are needed for token classification (word-piece label alignment) and
+    question answering, which also needs the `task` that will score the windows it encodes."""
+    if rows and hasattr(rows[0], "context"):
+        encoded = task.encode(tokenizer, rows, labels, max_length)
+        texts = [tokenizer.decode(f["input_ids"], skip_special_tokens=True) for f in encoded.features]
+        return TaskData(texts, None, np.array([f["feature_id"] for f in encoded.features]), features=encoded.features)
     if rows and hasattr(rows[0], "tokens"):
         from peftstd.tasks.token_classification import IGNORE, TokenClassification
 

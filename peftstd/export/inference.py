@@ -10,6 +10,8 @@ import torch
 
 from peftstd.export.heldout import TaskData
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
 
 def batches(tokenizer, data: TaskData, batch_size: int, max_length: int, fixed_length: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Batches in the data's own order, each padded to its longest member (lengths vary across batches),
@@ -17,13 +19,38 @@ def batches(tokenizer, data: TaskData, batch_size: int, max_length: int, fixed_l
     padding = "max_length" if fixed_length else True
     for start in range(0, len(data.texts), batch_size):
         end = start + batch_size
-        if data.words is not None:  # token classification: the words as the run's tokenization saw them
+        if data.features is not None:  # question answering: the context windows the run's encoding made
+            features = [{k: v for k, v in f.items() if k in MODEL_INPUTS} for f in data.features[start:end]]
+            encoded = tokenizer.pad(features, padding=padding, max_length=max_length, return_tensors="np")
+        elif data.words is not None:  # token classification: the words as the run's tokenization saw them
             encoded = tokenizer(data.words[start:end], is_split_into_words=True, padding=padding, truncation=True,
                                 max_length=max_length, return_tensors="np")
         else:
             pairs = data.pairs[start:end] if data.pairs else None
             encoded = tokenizer(data.texts[start:end], pairs, padding=padding, truncation=True, max_length=max_length, return_tensors="np")
         yield {k: v.astype(np.int64) for k, v in encoded.items()}
+
+
+SPAN_OUTPUTS = ("start_logits", "end_logits")  # question answering
+
+
+def output_array(output) -> torch.Tensor:
+    """A model output as one tensor: the logits, or a QA model's start and end logits stacked on a last axis."""
+    if getattr(output, "start_logits", None) is not None:
+        return torch.stack([output.start_logits, output.end_logits], dim=-1)
+    return output.logits
+
+
+def output_names(session) -> list[str]:
+    """The ONNX outputs that `onnx_logits` reads: the logits, or the start and end logits."""
+    names = [o.name for o in session.get_outputs()]
+    return list(SPAN_OUTPUTS) if SPAN_OUTPUTS[0] in names else ["logits"]
+
+
+def run_session(session, feed: dict[str, np.ndarray]) -> np.ndarray:
+    """One session call; several outputs (start/end logits) are stacked on a last axis, as `output_array` does."""
+    outputs = session.run(output_names(session), feed)
+    return outputs[0] if len(outputs) == 1 else np.stack(outputs, axis=-1)
 
 
 def stack(outputs: list[np.ndarray], max_length: int) -> np.ndarray:
@@ -36,7 +63,7 @@ def stack(outputs: list[np.ndarray], max_length: int) -> np.ndarray:
 @torch.no_grad()
 def torch_logits(model, tokenizer, data: TaskData, batch_size: int, max_length: int) -> np.ndarray:
     model.eval()
-    out = [model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
+    out = [output_array(model(**{k: torch.from_numpy(v) for k, v in batch.items()})).float().numpy()
            for batch in batches(tokenizer, data, batch_size, max_length)]
     return stack(out, max_length)
 
@@ -76,6 +103,5 @@ def onnx_session(path: Path, threads: int | None = None, disabled_optimizers: li
 
 def onnx_logits(session, tokenizer, data: TaskData, batch_size: int, max_length: int) -> np.ndarray:
     names = {i.name for i in session.get_inputs()}
-    out = [session.run(["logits"], {k: v for k, v in batch.items() if k in names})[0]
-           for batch in batches(tokenizer, data, batch_size, max_length)]
+    out = [run_session(session, {k: v for k, v in batch.items() if k in names}) for batch in batches(tokenizer, data, batch_size, max_length)]
     return stack(out, max_length)

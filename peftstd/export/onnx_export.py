@@ -15,8 +15,9 @@ import torch
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class LogitsOnly(torch.nn.Module):
-    """Positional inputs in, logits out: the signature optimum's ORTModel classes expect."""
+class TaskOutputs(torch.nn.Module):
+    """Positional inputs in, the task's outputs out (logits, or a QA model's start and end logits): the
+    signature and output names optimum's ORTModel classes expect."""
 
     def __init__(self, model):
         super().__init__()
@@ -24,7 +25,8 @@ class LogitsOnly(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return (output.start_logits, output.end_logits) if getattr(output, "start_logits", None) is not None else output.logits
 
 
 def eager_attention(model) -> tuple[torch.nn.Module, str]:
@@ -61,10 +63,12 @@ def export_onnx(model, tokenizer, out: Path) -> str:
     sample = tokenizer(["a short example", "a somewhat longer example sentence for export"], padding=True, return_tensors="pt")
     names = tuple(n for n in INPUTS if n in sample)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    wrapper = LogitsOnly(model.eval()).eval()
+    wrapper = TaskOutputs(model.eval()).eval()
+    with torch.no_grad():
+        outputs = ["start_logits", "end_logits"] if isinstance(wrapper(*(sample[n] for n in names)), tuple) else ["logits"]
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines of its own
         program = torch.onnx.export(
-            wrapper, tuple(sample[n] for n in names), dynamo=True, input_names=list(names), output_names=["logits"],
+            wrapper, tuple(sample[n] for n in names), dynamo=True, input_names=list(names), output_names=outputs,
             dynamic_shapes={n: {0: batch, 1: sequence} for n in names},
         )
     program.save(str(out), external_data=False)

@@ -18,6 +18,8 @@ from peftstd.errors import ConfigError, UserError
 from peftstd.export.profile import ExportProfile
 
 GATE_FAILED_EXIT_CODE = 1
+GENERATIVE_TASKS = ("causal-lm", "seq2seq")
+EXPORTABLE_TASKS = ("text-classification", "token-classification", "question-answering", *GENERATIVE_TASKS)
 
 
 class Stages:
@@ -42,10 +44,13 @@ def check_request(run_dir: Path, profile: ExportProfile) -> None:
     if not (run_dir / "manifest.json").is_file():
         raise UserError(f"{str(run_dir)!r} is not a finished run (no manifest.json); finish or resume it first")
     task = json.loads((run_dir / "manifest.json").read_text())["task"]["type"]
-    if task not in ("text-classification", "token-classification"):
-        raise UserError(f"peftstd export supports text- and token-classification runs; this run is {task}")
+    if task not in EXPORTABLE_TASKS:
+        raise UserError(f"peftstd export supports {', '.join(EXPORTABLE_TASKS)} runs; this run is {task}")
     if profile.prune and task != "text-classification":
         raise UserError(f"--prune supports text-classification runs so far; this run is {task}")
+    if task in GENERATIVE_TASKS and (profile.target != "cpu" or profile.fp16 or profile.format != "onnx"):
+        raise UserError(f"{task} runs export to ONNX for --target cpu (fp32, and dynamic int8 with --int8) so far; "
+                        "GPU, fp16 and TensorRT exports cover the classification and QA tasks")
     if profile.format == "tensorrt":
         if profile.target != "gpu":
             raise ConfigError("--format tensorrt needs --target gpu")
@@ -80,14 +85,11 @@ def export_run(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
 
 
 def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
-    from peftstd.data.cache import sha256_file
     from peftstd.export.heldout import run_splits, task_data
     from peftstd.export.inference import onnx_logits, onnx_session, torch_logits
     from peftstd.export.merge import max_abs_difference, merge
     from peftstd.export.onnx_export import export_onnx, op_histogram, optimize_graph
     from peftstd.export.verify import judge, metric_points, worst_initializer
-    from peftstd.run.atomic import replace_dir, write_json, write_text
-    from peftstd.run.card import render_export_card
     from peftstd.run.load import load_run
     from peftstd.run.manifest import hardware
     from peftstd.tasks import get_task
@@ -100,17 +102,28 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
     with stages.stage("load"):
         loaded = load_run(run_dir)
         cfg, splits = run_splits(run_dir, loaded.manifest)
-        task = get_task(loaded.manifest["task"]["type"], loaded.labels)
+        task = get_task(loaded.manifest["task"]["type"], loaded.labels, loaded.manifest["task"].get("settings"))
         max_length = cfg.model.max_length
+        # Dequantization applies to runs trained on a 4/8-bit base; the fine-tune recipe trains float bases only.
+        report["stages"]["load"] = {"base_quantized": False, "method": loaded.manifest["method"]["name"]}
+        report["task_settings"] = loaded.manifest["task"].get("settings")
+    if task.name in GENERATIVE_TASKS:
+        from peftstd.export.generative import export_generative, folder_ops
+
+        def fill_generative(folder: Path) -> int:
+            passed = export_generative(loaded, cfg, splits, task, profile, stages, report, folder)
+            return finish(folder, report, passed, task, max_length, loaded.labels, folder_ops(folder), stages, run_dir)
+
+        return write_export(out_dir, report, fill_generative)
+
+    with stages.stage("data"):
         def data_of(rows):
-            return task_data(rows, loaded.labels, loaded.tokenizer, max_length)
+            return task_data(rows, loaded.labels, loaded.tokenizer, max_length, task)
 
         test, validation = data_of(splits.test), data_of(splits.validation)
         calibration = data_of(splits.train[: profile.calibration_samples])
         unseen = splits.train[profile.calibration_samples : profile.calibration_samples + profile.search_train_samples]
         search = data_of(splits.validation + unseen)
-        # Dequantization applies to runs trained on a 4/8-bit base; the fine-tune recipe trains float bases only.
-        report["stages"]["load"] = {"base_quantized": False, "method": loaded.manifest["method"]["name"]}
 
     def logits_of(model, data):
         return torch_logits(model, loaded.tokenizer, data, profile.batch_size, max_length)
@@ -183,20 +196,33 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
 
         exported.config.save_pretrained(folder)
         loaded.tokenizer.save_pretrained(folder)
-        write_json(folder / "labels.json", loaded.labels)
-        report.update({
-            "status": "passed" if passed else "failed",
-            "task": task.name,
-            "max_length": max_length,
-            "sizes_mb": {p.name: p.stat().st_size / 2**20 for p in artifacts.values()},
-            "ops": {p.name: op_histogram(p) for p in artifacts.values()},
-            "timings_s": stages.timings,
-            "files": {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()},
-        })
-        write_json(folder / "export.json", report)
-        run_card = run_dir / "README.md"
-        write_text(folder / "README.md", render_export_card(report, run_card.read_text() if run_card.is_file() else None))
-        return 0 if passed else GATE_FAILED_EXIT_CODE
+        report["sizes_mb"] = {p.name: p.stat().st_size / 2**20 for p in artifacts.values()}
+        return finish(folder, report, passed, task, max_length, loaded.labels, {p.name: op_histogram(p) for p in artifacts.values()},
+                      stages, run_dir)
+
+    return write_export(out_dir, report, fill)
+
+
+def finish(folder: Path, report: dict, passed: bool, task, max_length: int, labels: list[str], ops: dict, stages: Stages,
+           run_dir: Path) -> int:
+    """labels.json, export.json (with the sha256 of every file) and the export card; the exit code."""
+    from peftstd.data.cache import sha256_file
+    from peftstd.run.atomic import write_json, write_text
+    from peftstd.run.card import render_export_card
+
+    write_json(folder / "labels.json", labels)
+    report.update({"status": "passed" if passed else "failed", "task": task.name, "max_length": max_length, "ops": ops,
+                   "timings_s": stages.timings,
+                   "files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}})
+    write_json(folder / "export.json", report)
+    run_card = run_dir / "README.md"
+    write_text(folder / "README.md", render_export_card(report, run_card.read_text() if run_card.is_file() else None))
+    return 0 if passed else GATE_FAILED_EXIT_CODE
+
+
+def write_export(out_dir: Path, report: dict, fill) -> int:
+    """`fill` builds the export in a temporary folder that then replaces `out_dir`; the gate table follows."""
+    from peftstd.run.atomic import replace_dir
 
     result = {}
     replace_dir(out_dir, lambda folder: result.setdefault("code", fill(folder)))
@@ -223,6 +249,7 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
     longest = max(int(batch["attention_mask"].sum(-1).max()) for batch in batches(loaded.tokenizer, calibration, 256, max_length))
     feeds = [{k: v for k, v in feed.items() if k in input_names}
              for feed in batches(loaded.tokenizer, calibration, 8, longest, fixed_length=True)]
+    feeds = [feed for feed in feeds if len(feed["input_ids"]) == 8]  # the calibrators stack feeds: one shape only
     probe = search.head(256)
 
     def logits(path: Path, data) -> np.ndarray:
@@ -284,7 +311,8 @@ def print_gate(report: dict, out_dir: Path) -> None:
 
     gate = report["gate"]
     table = Table(title=f"export gate on {gate['examples']} held-out test examples (trained {gate['artifacts'][0]['metric']} {gate['trained_metric']:.4f})")
-    for column in ("artifact", "file", "metric", "drop (points)", "max |Δlogit|", "size MB", "result"):
+    change = "rise (%)" if gate["metric"] == "perplexity" else "drop (points)"
+    for column in ("artifact", "file", gate["metric"], change, "max |Δlogit|", "size MB", "result"):
         table.add_column(column)
     for record in gate["artifacts"]:
         table.add_row(record["artifact"], record["file"], f"{record['value']:.4f}", f"{record['drop_points']:+.2f}",

@@ -19,7 +19,7 @@ def artifact_path(export_dir: Path, artifact: str) -> Path:
     return path
 
 
-def predict(export_dir: Path, texts: list[str], artifact: str = "model.onnx") -> list[dict]:
+def predict(export_dir: Path, texts: list[str], artifact: str = "model.onnx", context: str | None = None) -> list[dict]:
     from scipy.special import softmax
     from transformers import AutoTokenizer
 
@@ -33,6 +33,12 @@ def predict(export_dir: Path, texts: list[str], artifact: str = "model.onnx") ->
     names = {i.name for i in session.get_inputs()}
     if info.get("task") == "token-classification":
         return predict_entities(session, names, tokenizer, texts, labels, info["max_length"])
+    if info.get("task") == "question-answering":
+        if not context:
+            raise UserError("this export answers questions: give the passage with --context \"...\"")
+        return predict_answers(session, names, tokenizer, texts, context, info)
+    if context:
+        raise UserError(f"--context applies to question-answering exports; this one is {info.get('task')}")
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=info["max_length"], return_tensors="np")
     logits = session.run(["logits"], {k: v.astype(np.int64) for k, v in encoded.items() if k in names})[0]
     probabilities = softmax(logits, axis=-1)
@@ -57,3 +63,21 @@ def predict_entities(session, names, tokenizer, texts: list[str], labels: list[s
         out.append({"text": text, "tags": tags, "entities": entities,
                     "label": "; ".join(f"{e['type']}: {e['text']}" for e in entities) or "(no entities)"})
     return out
+
+
+def predict_answers(session, names, tokenizer, questions: list[str], context: str, info: dict) -> list[dict]:
+    """Question answering: each question over the context's windows, the best span as the answer."""
+    from peftstd.data.examples import QAExample
+    from peftstd.export.inference import run_session
+    from peftstd.tasks.question_answering import QuestionAnswering
+
+    task = QuestionAnswering(settings=info.get("task_settings"))
+    rows = [QAExample(question, context, (), ()) for question in questions]
+    features = task.encode(tokenizer, rows, [], info["max_length"]).features
+    logits = {}
+    for feature in features:
+        feed = {k: np.array([v], dtype=np.int64) for k, v in feature.items() if k in names}
+        start_end = run_session(session, feed)[0]
+        logits[feature["feature_id"]] = (start_end[:, 0], start_end[:, 1])
+    _, answers = task.answers(logits)
+    return [{"text": question, "answer": answer, "label": answer or "(no answer)"} for question, answer in zip(questions, answers)]

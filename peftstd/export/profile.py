@@ -21,7 +21,8 @@ class ExportProfile(Section):
         ["dynamic", "static"], min_length=1, description="CPU int8 schemes to produce (and gate): dynamic, static (calibrated), or both.")
     fp16: bool = Field(False, description="Also produce an fp16 ONNX artifact (GPU targets).")
     prune: float = Field(0.0, ge=0.0, lt=0.9, description="Share of encoder FLOPs to remove by structured head/neuron pruning (0 disables).")
-    budget: float = Field(1.0, ge=0.0, description="Largest allowed drop of the task metric, in points (1.0 = one accuracy point).")
+    budget: float = Field(1.0, ge=0.0, description="Largest allowed drop of the task metric, in points (1.0 = one accuracy point); "
+                          "causal-LM and seq2seq: largest allowed rise of test perplexity, in percent.")
     parity_tolerance: float = Field(1e-4, gt=0, description="Largest allowed max-abs logit difference of the fp32 ONNX artifact.")
     calibration_samples: int = Field(256, ge=8, description="Training examples used for static-int8 calibration.")
     search_train_samples: int = Field(2000, ge=0, description="Training examples (unseen by calibration) added to validation to judge int8 drops.")
@@ -34,6 +35,10 @@ class ExportProfile(Section):
         None, description="ONNX Runtime session fusions to turn off, recorded in export.json and used by every peftstd session; "
         "unset: SkipLayerNormFusion for CPU targets (ORT's fused kernel measured 3x slower than Add + LayerNormalization), none for GPU.")
     batch_size: int = Field(32, ge=1, description="Batch size of the verification passes.")
+    kv_cache: bool = Field(True, description="Causal-LM and seq2seq: export the decoder with past key/value inputs and outputs, so "
+                           "generation reuses them (optimum's `-with-past` export); false exports logits without a cache.")
+    generation_samples: int = Field(16, ge=1, description="Causal-LM and seq2seq: held-out test prompts decoded greedily by the artifact "
+                                    "and by PyTorch, to check the cached decoding path step by step.")
     speed_check: bool = Field(True, description="Time every artifact against PyTorch (batch 1 and 8, sequence 128) for the export card.")
 
     @property

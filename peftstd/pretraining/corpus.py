@@ -5,18 +5,47 @@ from __future__ import annotations
 from peftstd.tasks.base import EncodedSplit
 
 
+IS_NEXT, RANDOM_NEXT = 0, 1  # BERT's next_sentence_label: 0 when sequence B continues sequence A
+
+
+def sentence_pairs(texts: list[str], seed: int) -> tuple[list[str], list[str], list[int]]:
+    """BERT's next-sentence pairs: each text but the last with its successor, or (probability 0.5) with a
+    random text that is neither itself nor its successor; the label says which."""
+    import random
+
+    rng = random.Random(seed)
+    first, second, labels = [], [], []
+    for i in range(len(texts) - 1):
+        j, label = i + 1, IS_NEXT
+        if len(texts) > 2 and rng.random() < 0.5:
+            label = RANDOM_NEXT
+            while j in (i, i + 1):
+                j = rng.randrange(len(texts))
+        first.append(texts[i])
+        second.append(texts[j])
+        labels.append(label)
+    return first, second, labels
+
+
 def masked_lm_features(tokenizer, rows, cfg, seed: int | None = None):
-    """One sequence per text (truncated to model.max_length) and the BERT-style masking collator
-    (80% [MASK], 10% random token, 10% unchanged). With masking.whole_word, all pieces of a selected word
-    become [MASK]: transformers' whole-word masking has no random-replacement step (and its own fallback to
-    that setting crashes in 4.57, so it is passed explicitly)."""
+    """One sequence per text (truncated to model.max_length), or with masking.next_sentence one text pair
+    per text, and the BERT-style masking collator (80% [MASK], 10% random token, 10% unchanged). With
+    masking.whole_word, all pieces of a selected word become [MASK]: transformers' whole-word masking has
+    no random-replacement step (and its own fallback to that setting crashes in 4.57, so it is passed
+    explicitly)."""
     from transformers import DataCollatorForLanguageModeling
 
     whole_word = cfg.masking.whole_word
-    encoded = tokenizer([r.text for r in rows], truncation=True, max_length=cfg.model.max_length,
+    texts, pairs, next_labels = [r.text for r in rows], None, None
+    if cfg.masking.next_sentence:
+        texts, pairs, next_labels = sentence_pairs(texts, cfg.training.seed)
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=cfg.model.max_length,
                         return_special_tokens_mask=True, return_offsets_mapping=whole_word)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask", "offset_mapping") if k in encoded]
-    features = [{k: encoded[k][i] for k in keys} for i in range(len(rows))]
+    features = [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
+    if next_labels is not None:
+        for feature, label in zip(features, next_labels):
+            feature["next_sentence_label"] = label
     replace = {"mask_replace_prob": 1.0, "random_replace_prob": 0.0} if whole_word else {}
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=cfg.masking.probability,
                                                whole_word_mask=whole_word, seed=seed, **replace)

@@ -12,11 +12,12 @@ HEAD_NAMES = ("cls", "lm_head", "vocab_projector", "vocab_transform", "vocab_lay
 
 def build_model(cfg, base_path: Path, tokenizer):
     """(model, a phrase saying where it started) for the configured objective."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining
 
     from peftstd.config.pretrain import PRESETS
 
-    auto = AutoModelForMaskedLM if cfg.objective == "masked-lm" else AutoModelForCausalLM
+    next_sentence = cfg.objective == "masked-lm" and cfg.masking.next_sentence
+    auto = AutoModelForPreTraining if next_sentence else AutoModelForMaskedLM if cfg.objective == "masked-lm" else AutoModelForCausalLM
     if cfg.from_scratch:
         if cfg.from_scratch in PRESETS:
             settings = dict(PRESETS[cfg.from_scratch])
@@ -27,9 +28,9 @@ def build_model(cfg, base_path: Path, tokenizer):
             raise ConfigError(f"from_scratch {cfg.from_scratch!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json file")
         if cfg.objective == "masked-lm" and tokenizer.mask_token is None:
             raise ConfigError("masked-LM needs a tokenizer with a mask token; use objective=causal-lm for this tokenizer")
-        return auto.from_config(config), f"random weights ({cfg.from_scratch})"
+        return check_next_sentence_head(auto.from_config(config), next_sentence), f"random weights ({cfg.from_scratch})"
     try:
-        model = auto.from_pretrained(base_path)
+        model = check_next_sentence_head(auto.from_pretrained(base_path), next_sentence)
     except ValueError as error:  # e.g. a decoder-only model asked for masked-LM
         raise ConfigError(f"{cfg.model.name} cannot be trained as {cfg.objective}: {str(error).splitlines()[0]}") from None
     started = f"{cfg.model.name}"
@@ -46,6 +47,16 @@ def build_model(cfg, base_path: Path, tokenizer):
         model = get_peft_model(model, LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                                  target_modules=cfg.lora.target_modules, modules_to_save=heads))
     return model, started
+
+
+def check_next_sentence_head(model, next_sentence: bool):
+    """The model, when it can learn next-sentence prediction (or is not asked to)."""
+    import inspect
+
+    if next_sentence and "next_sentence_label" not in inspect.signature(model.forward).parameters:
+        raise ConfigError(f"masking.next_sentence needs a model with a next-sentence-prediction head (BERT); "
+                          f"{type(model).__name__} has none: set masking.next_sentence=false")
+    return model
 
 
 def merge_for_saving(model, cfg):

@@ -11,7 +11,7 @@ from peftstd.data.registry import DATASETS
 from peftstd.models.registry import MODELS
 
 LIBRARY = {"full": "transformers", "lora": "peft", "adalora": "peft", "adapter": "adapters"}
-PIPELINE_TAGS = {"causal-lm": "text-generation"}  # the Hub's name for the task, where it differs from ours
+PIPELINE_TAGS = {"causal-lm": "text-generation", "seq2seq": "text2text-generation"}  # the Hub's name for the task, where it differs from ours
 
 
 def hub_id_and_license(model_name: str) -> tuple[str, str]:
@@ -128,15 +128,36 @@ def gate_row(record: dict[str, Any], sizes_mb: dict[str, float]) -> str:
             f"{sizes_mb[record['file']]:.1f} | {'pass' if record['passed'] else 'FAIL'} |")
 
 
+ORT_CLASSES = {"text-classification": "ORTModelForSequenceClassification", "token-classification": "ORTModelForTokenClassification",
+               "question-answering": "ORTModelForQuestionAnswering", "causal-lm": "ORTModelForCausalLM", "seq2seq": "ORTModelForSeq2SeqLM"}
+
+
+def loading_hint(task: str, kv_cache: bool = True) -> str:
+    """How to load the export with stock libraries."""
+    if task in ("causal-lm", "seq2seq"):
+        options = "" if kv_cache else ", use_cache=False"
+        return (f"`optimum.onnxruntime.{ORT_CLASSES[task]}.from_pretrained(folder{options})` (the int8 artifact: `folder/int8`), "
+                "then `.generate(...)` as with transformers; each ONNX file also opens in a bare `onnxruntime.InferenceSession`.")
+    return (f'`onnxruntime.InferenceSession("model.onnx")` with this folder\'s tokenizer, or\n'
+            f'`optimum.onnxruntime.{ORT_CLASSES.get(task, ORT_CLASSES["text-classification"])}.from_pretrained(folder, file_name="model.onnx")`.')
+
+
 def render_export_card(report: dict[str, Any], run_card: str | None) -> str:
     """`README.md` of an export folder: the run's front matter plus what the export did and proved."""
     gate = report["gate"]
     metric = gate.get("metric", "accuracy")
+    change = "rise (%)" if metric == "perplexity" else "drop (points)"
+    merge = report["stages"]["merge"]
+    merge_line = merge["how"] + (f" (max logit difference {merge['max_abs_logit_difference']:.1e})" if "max_abs_logit_difference" in merge else "")
+    decoding = "".join(f"Greedy decoding of {r['decoding']['prompts']} test prompts, {r['artifact']} against PyTorch: identical tokens for "
+                       f"{100 * r['decoding']['identical_share']:.0f}% of prompts, max step-score difference {r['decoding']['max_abs_score_difference']:.1e}.\n"
+                       for r in gate["artifacts"] if "decoding" in r)
     meta = yaml.safe_load(run_card.split("---\n")[1]) if run_card and run_card.startswith("---\n") else {}
     meta = {**meta, "library_name": "onnx", "tags": sorted(set(meta.get("tags", [])) | {"onnx", "peftstd-export"})}
     rows = "\n".join(gate_row(record, report["sizes_mb"]) for record in gate["artifacts"])
     stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report["timings_s"].items())
-    kept = {name: a.get("kept_in_float", []) for name, a in report["stages"].get("quantize", {}).get("artifacts", {}).items()}
+    kept = {name: a["kept_in_float"] for name, a in report["stages"].get("quantize", {}).get("artifacts", {}).items() if "kept_in_float" in a}
+    kept_line = f"MatMuls kept in float by the sensitivity pass: {kept}. " if kept else ""
     prune = report["stages"].get("prune")
     speed = report.get("speed")
     speed_table = ""
@@ -159,18 +180,17 @@ def render_export_card(report: dict[str, Any], run_card: str | None) -> str:
 # ONNX export of `{Path(report['source_run']).name}`
 
 Export **{report['status']}**: every artifact was run on the source run's held-out test split ({gate['examples']} examples)
-against the trained PyTorch model ({metric} {gate['trained_metric']:.4f}); budget {gate['budget_points']} points, fp32 parity
-tolerance {gate['parity_tolerance']:.0e} max-abs logits.
+against the trained PyTorch model ({metric} {gate['trained_metric']:.4f}); budget {gate['budget_points']} {gate.get('budget_unit', 'points')},
+fp32 parity tolerance {gate['parity_tolerance']:.0e} max-abs logits.
 
-| file | artifact | test {metric} | drop (points) | max abs logit difference | size MB | gate |
+| file | artifact | test {metric} | {change} | max abs logit difference | size MB | gate |
 |---|---|---|---|---|---|---|
 {rows}
 
-{speed_table}{prune_line}Merge: {report['stages']['merge']['how']} (max logit difference {report['stages']['merge']['max_abs_logit_difference']:.1e}).
-MatMuls kept in float by the sensitivity pass: {kept or 'none'}. Stage times: {stages}.
+{decoding}{speed_table}{prune_line}Merge: {merge_line}.
+{kept_line}Stage times: {stages}.
 
-Load it without peftstd: `onnxruntime.InferenceSession("model.onnx")` with this folder's tokenizer, or
-`optimum.onnxruntime.ORTModelForSequenceClassification.from_pretrained(folder, file_name="model.onnx")`.
+Load it without peftstd: {loading_hint(report.get('task', 'text-classification'), report['stages'].get('onnx', {}).get('kv_cache', True))}
 Run the artifacts with the session settings in `export.json` (`runtime`), as peftstd does; speed on your
 machine, with percentiles over a batch and sequence grid: `peftstd bench` on this folder. Everything above is in `export.json`.
 """

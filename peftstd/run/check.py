@@ -23,10 +23,11 @@ class Finding:
     detail: str = ""
 
 
-EXPORT_FILES = ("model.onnx", "export.json", "config.json", "labels.json")
+EXPORT_FILES = ("export.json", "config.json", "labels.json")  # the artifacts themselves: see the gate records
 PRETRAIN_FILES = ("config.yaml", "manifest.json", "metrics.json", "report.md", "README.md")
 AUTO_CLASSES = {"text-classification": "AutoModelForSequenceClassification", "token-classification": "AutoModelForTokenClassification",
-                "causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM"}
+                "causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM", "seq2seq": "AutoModelForSeq2SeqLM",
+                "question-answering": "AutoModelForQuestionAnswering"}
 
 
 def check_path(path: Path) -> list[Finding]:
@@ -48,8 +49,11 @@ def check_export(folder: Path) -> list[Finding]:
     failed = [r["artifact"] for r in gate if not r.get("passed")]
     findings.append(Finding("export gate passed", report.get("status") == "passed" and bool(gate) and not failed,
                             f"failed: {', '.join(failed)}" if failed else f"{len(gate)} artifact(s) within budget"))
-    for record in gate:
-        findings.append(attempt(f"{record['file']} loads in a bare onnxruntime session", lambda f=folder / record["file"]: load_onnx(f)))
+    for record in gate:  # an artifact is a file, or (causal-LM, seq2seq) a folder of ONNX files
+        path = folder / record["file"]
+        for onnx_file in sorted(path.glob("*.onnx")) if path.is_dir() else [path]:
+            name = onnx_file.relative_to(folder).as_posix()
+            findings.append(attempt(f"{name} loads in a bare onnxruntime session", lambda f=onnx_file: load_onnx(f)))
     return findings
 
 

@@ -31,7 +31,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     manifest = json.loads(manifest_path.read_text())
     labels = json.loads((run_dir / "labels.json").read_text())
     method = get_method(manifest["method"]["name"])
-    task = get_task(manifest["task"]["type"], labels)
+    task = get_task(manifest["task"]["type"], labels, manifest["task"].get("settings"))
     weights_dir = run_dir / method.weights_dir
     model = method.load(task, Path(manifest["base_model"]["path"]), weights_dir, labels)
     model.eval()

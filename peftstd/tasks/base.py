@@ -25,8 +25,12 @@ class Task:
     head_candidates: ClassVar[tuple[str, ...]] = ()
     card_metrics: ClassVar[tuple[tuple[str, str, str], ...]] = ()  # (metrics key, model-card type, display name)
 
-    def __init__(self, labels: list[str] | None = None):
+    def __init__(self, labels: list[str] | None = None, settings: dict | None = None):
         self.labels = labels  # label names in index order, set by `label_names` or by whoever loads a run
+        self.settings = settings or {}  # the `task:` section (as a dict), for tasks with settings of their own
+
+    def check_model(self, model_config) -> None:
+        """Raise `ConfigError` when the task cannot use this architecture (checked before weights load)."""
 
     def loss(self, model, batch, label_smoothing: float = 0.0):
         """The training loss: the model's own cross-entropy, or a label-smoothed one computed here

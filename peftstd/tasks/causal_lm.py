@@ -1,20 +1,16 @@
 """Causal-LM supervised fine-tuning: prompt/response or chat data through the model's chat template, loss on
-the response tokens only, optional packing. Validation: token-weighted loss and perplexity. Test: the same,
-plus generation from the held-out prompts scored with corpus BLEU (sacreBLEU) and ROUGE-1/2/L (rouge-score,
-F-measure aggregated over the corpus by its bootstrap aggregator, as the summarization literature reports it)."""
+the response tokens only, optional packing. Metrics: see `GenerativeTask`."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from peftstd.data.examples import PromptExample
-from peftstd.tasks.base import EncodedSplit, Task
-
-IGNORE = -100
+from peftstd.errors import ConfigError
+from peftstd.tasks.base import EncodedSplit
+from peftstd.tasks.generative import IGNORE, GenerativeTask
 
 
 def ensure_pad_token(tokenizer) -> None:
@@ -23,7 +19,7 @@ def ensure_pad_token(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def prompt_ids(tokenizer, row: PromptExample) -> list[int]:
+def chat_prompt_ids(tokenizer, row: PromptExample) -> list[int]:
     """The prompt as the model sees it before answering: its chat template with the generation prompt, or
     plain text and a newline when the tokenizer has no template."""
     if tokenizer.chat_template:
@@ -35,7 +31,7 @@ def prompt_ids(tokenizer, row: PromptExample) -> list[int]:
 def example_ids(tokenizer, row: PromptExample) -> tuple[list[int], int]:
     """(token ids of prompt + response, number of prompt tokens). With a chat template, the whole
     conversation goes through it (so the response ends with the template's end-of-turn token)."""
-    prompt = prompt_ids(tokenizer, row)
+    prompt = chat_prompt_ids(tokenizer, row)
     if tokenizer.chat_template:
         full = list(tokenizer.apply_chat_template(row.messages() + [{"role": "assistant", "content": row.response}], tokenize=True))
         if full[: len(prompt)] == prompt:
@@ -58,18 +54,21 @@ def pack(features: list[dict], max_length: int) -> list[dict]:
     return packed
 
 
-class CausalLM(Task):
+class CausalLM(GenerativeTask):
     name = "causal-lm"
     peft_task_type = "CAUSAL_LM"
     head_candidates = ()  # the LM head is tied to the input embeddings; LoRA adapts the blocks
-    primary_metric = "loss"
-    generative = True
-    card_metrics = (("perplexity", "perplexity", "Test perplexity"), ("bleu", "bleu", "Corpus BLEU (sacreBLEU)"),
-                    ("rouge1", "rouge", "ROUGE-1 F"), ("rouge2", "rouge", "ROUGE-2 F"), ("rougeL", "rouge", "ROUGE-L F"))
+    label_shift = 1  # the model predicts token t+1 at position t
+    padding_side = "left"  # generation continues each prompt from its last token
 
-    def label_names(self, configured, splits) -> list[str]:
-        self.labels = []
-        return []
+    def prompt_ids(self, tokenizer, row: PromptExample) -> list[int]:
+        ensure_pad_token(tokenizer)
+        return chat_prompt_ids(tokenizer, row)
+
+    def check_model(self, model_config) -> None:
+        if model_config.is_encoder_decoder:
+            raise ConfigError(f"task causal-lm needs a decoder-only model, not an encoder-decoder {model_config.model_type} model; "
+                              "use task.type=seq2seq")
 
     def load_model(self, path: Path, labels: list[str], **config_overrides):
         from transformers import AutoModelForCausalLM
@@ -104,76 +103,3 @@ class CausalLM(Task):
 
         ensure_pad_token(tokenizer)
         return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, padding=True)
-
-    @torch.no_grad()
-    def evaluate_split(self, model, loader, order, accelerator, autocast: bool = True):
-        """(metrics, None, None): the mean loss over every response token of the split, and its exp."""
-        model.eval()
-        total, tokens = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
-        for batch in loader:
-            with accelerator.autocast() if autocast else torch.autocast(accelerator.device.type, enabled=False):
-                loss = model(**batch).loss.double()
-            count = (batch["labels"][:, 1:] != IGNORE).sum().double()  # the model shifts labels by one
-            total += accelerator.reduce(loss * count, reduction="sum").cpu()
-            tokens += accelerator.reduce(count, reduction="sum").cpu()
-        model.train()
-        mean = float(total / tokens.clamp_min(1))
-        return {"loss": mean, "perplexity": math.exp(min(mean, 50.0))}, None, None
-
-    @torch.no_grad()
-    def generate(self, model, tokenizer, rows: list[PromptExample], settings, max_length: int, seed: int) -> list[str]:
-        """Responses to `rows`' prompts, decoded without special tokens (left-padded batches)."""
-        ensure_pad_token(tokenizer)
-        model.eval()
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        outputs = []
-        try:
-            torch.manual_seed(seed)
-            for start in range(0, len(rows), settings.batch_size):
-                prompts = [prompt_ids(tokenizer, row)[-max_length:] for row in rows[start : start + settings.batch_size]]
-                batch = tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(model.device)
-                generated = model.generate(**batch, max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams,
-                                           do_sample=settings.do_sample, temperature=settings.temperature, top_p=settings.top_p,
-                                           pad_token_id=tokenizer.pad_token_id)
-                outputs += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        finally:
-            tokenizer.padding_side = side
-        model.train()
-        return [text.strip() for text in outputs]
-
-    @staticmethod
-    def generation_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
-        """Corpus BLEU (sacreBLEU, 0-100) and ROUGE-1/2/L F-measures (0-1, rouge-score's aggregate)."""
-        import sacrebleu
-        from rouge_score import rouge_scorer, scoring
-
-        bleu = sacrebleu.corpus_bleu(predictions, [references]).score
-        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-        aggregator = scoring.BootstrapAggregator(n_samples=1000)
-        np.random.seed(0)  # the aggregator resamples with numpy's global RNG
-        for prediction, reference in zip(predictions, references):
-            aggregator.add_scores(scorer.score(reference, prediction))
-        rouge = aggregator.aggregate()
-        return {"bleu": float(bleu), **{key: float(rouge[key].mid.fmeasure) for key in ("rouge1", "rouge2", "rougeL")}}
-
-    def prediction_records(self, rows, logits, label_ids, labels) -> list[dict]:
-        generated = getattr(self, "generated", {})
-        return [{"origin": row.origin, "prompt": row.prompt, "reference": row.response,
-                 **{f"generated_{who}": texts[i] for who, texts in generated.items() if i < len(texts)}}
-                for i, row in enumerate(rows)]
-
-    def report(self, logits, label_ids, labels, rows=None) -> str:
-        """Markdown: generation metrics of the base and the fine-tuned model, then sample generations."""
-        scores, generated = getattr(self, "scores", {}), getattr(self, "generated", {})
-        lines = ["### Generation on held-out test prompts", "",
-                 "| model | prompts | BLEU | ROUGE-1 | ROUGE-2 | ROUGE-L |", "|---|---|---|---|---|---|"]
-        for who, metrics in scores.items():
-            lines.append(f"| {who} | {metrics['prompts']} | {metrics['bleu']:.2f} | {metrics['rouge1']:.4f} | "
-                         f"{metrics['rouge2']:.4f} | {metrics['rougeL']:.4f} |")
-        if rows and generated:
-            lines += ["", "### Sample generations (test)", "", "| prompt | reference | " + " | ".join(generated) + " |",
-                      "|---|---|" + "---|" * len(generated)]
-            for i, row in enumerate(rows[:12]):
-                cells = [row.prompt, row.response] + [texts[i] if i < len(texts) else "" for texts in generated.values()]
-                lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ")[:160] for c in cells) + " |")
-        return "\n".join(lines) + "\n"

@@ -40,9 +40,10 @@ def predict(model, loader, order: list[int], accelerator, autocast: bool = True)
 
 
 def evaluate(model, loader, order, accelerator, task, autocast: bool = True) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """(metrics incl. loss, logits, label ids) of one split; generative tasks score loss and perplexity
-    without collecting vocabulary-sized logits."""
-    if getattr(task, "generative", False):
+    """(metrics incl. loss, logits, label ids) of one split. Tasks with an `evaluate_split` of their own
+    score differently: generative ones without collecting vocabulary-sized logits, question answering
+    per example across its context windows."""
+    if hasattr(task, "evaluate_split"):
         return task.evaluate_split(model, loader, order, accelerator, autocast)
     logits, labels, loss = predict(model, loader, order, accelerator, autocast)
     return {**task.metrics(logits, labels), "loss": loss}, logits, labels

@@ -1,0 +1,195 @@
+"""Export of causal-LM and seq2seq runs: merge, ONNX through optimum's exporter (the decoder with or without a
+KV cache; seq2seq as encoder and decoder files), optional dynamic int8, and the gate on the run's held-out test
+split, batched and padded as in training:
+
+- teacher-forced logits of every artifact against PyTorch on every scored target token; fp32 must match to
+  `parity_tolerance` max-abs;
+- test perplexity of every artifact within `budget` percent of the trained model's;
+- greedy decoding of the first `generation_samples` test prompts by the artifact (through its KV cache when it
+  has one) and by PyTorch: fp32 must match the step scores to `parity_tolerance`; agreement of the decoded
+  tokens is recorded for every artifact.
+
+optimum writes the files its `ORTModelForCausalLM` / `ORTModelForSeq2SeqLM` load, with their past-key-value
+wiring, which the per-task export in `onnx_export.py` does not attempt. Its own validation only warns on a
+mismatch, so it is off and the gate above decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from peftstd.tasks.generative import IGNORE
+
+OPTIMUM_TASKS = {("causal-lm", True): "text-generation-with-past", ("causal-lm", False): "text-generation",
+                 ("seq2seq", True): "text2text-generation-with-past", ("seq2seq", False): "text2text-generation"}
+
+
+def export_folder(model, tokenizer, folder: Path, task_name: str, kv_cache: bool) -> dict:
+    """The ONNX files of `model` in `folder`, with its config, generation config and tokenizer. A copy is
+    exported: the exporter's patches (e.g. `use_cache` on T5's encoder) would otherwise stay on the model."""
+    import copy
+
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        onnx_export_from_model(copy.deepcopy(model), folder, task=OPTIMUM_TASKS[task_name, kv_cache], do_validation=False)
+    if (folder / "decoder_model_merged.onnx").is_file():  # the merged decoder serves both steps; ORTModelForSeq2SeqLM loads it
+        for redundant in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
+            (folder / redundant).unlink(missing_ok=True)
+    tokenizer.save_pretrained(folder)
+    return {"exporter": "optimum onnx_export_from_model", "optimum_task": OPTIMUM_TASKS[task_name, kv_cache],
+            "kv_cache": kv_cache, "files": sorted(p.name for p in folder.glob("*.onnx"))}
+
+
+@contextlib.contextmanager
+def quiet():
+    """Library warnings off: the tracer's, optimum's and the quantizer's notes are expected here, and the
+    gate reports what matters."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def load_artifact(folder: Path, task_name: str, kv_cache: bool):
+    """The artifact as optimum's ORTModel class of its task, on ONNX Runtime's CPU provider."""
+    from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
+
+    auto = ORTModelForCausalLM if task_name == "causal-lm" else ORTModelForSeq2SeqLM
+    return auto.from_pretrained(folder, provider="CPUExecutionProvider", use_cache=kv_cache)
+
+
+def quantize_folder(source: Path, folder: Path, per_channel: bool) -> None:
+    """Dynamic int8 of every ONNX file of `source` into `folder`, beside copies of its other files."""
+    import tempfile
+
+    from peftstd.export.quantize import preprocess, quantize_dynamic_int8
+
+    folder.mkdir()
+    scratch = Path(tempfile.mkdtemp(dir=Path.cwd()))  # inside the export's scratch directory
+    for path in source.iterdir():
+        if path.suffix == ".onnx":
+            quantize_dynamic_int8(preprocess(path, scratch / path.name), folder / path.name, per_channel)
+        elif path.is_file() and not path.name.endswith(".onnx_data"):
+            shutil.copy(path, folder / path.name)
+
+
+def model_inputs(model, batch: dict) -> dict:
+    """The forward inputs of a teacher-forced batch (seq2seq: decoder inputs are the labels shifted right)."""
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    if model.config.is_encoder_decoder:
+        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+    return inputs
+
+
+@torch.no_grad()
+def teacher_forced(model, artifact, loader, label_shift: int) -> dict:
+    """Max-abs logit difference on every scored position, and both models' token-weighted perplexity."""
+    difference, tokens, nll = 0.0, 0, {"trained": 0.0, "artifact": 0.0}
+    for batch in loader:
+        inputs = model_inputs(model, batch)
+        labels = batch["labels"][:, label_shift:]
+        scored = labels != IGNORE
+        for who, source in (("trained", model), ("artifact", artifact)):
+            logits = source(**inputs).logits.float()
+            logits = logits[:, : logits.shape[1] - label_shift][scored]
+            nll[who] += float(torch.nn.functional.cross_entropy(logits, labels[scored], reduction="sum"))
+            if who == "trained":
+                reference = logits
+        difference = max(difference, float((logits - reference).abs().max()) if len(logits) else 0.0)
+        tokens += int(scored.sum())
+    return {"max_abs_logit_difference": difference, "tokens": tokens,
+            **{f"{who}_perplexity": math.exp(min(total / max(tokens, 1), 50.0)) for who, total in nll.items()}}
+
+
+@torch.no_grad()
+def greedy_agreement(task, model, artifact, tokenizer, rows, max_new_tokens: int, max_length: int) -> dict:
+    """Both models decode the prompts greedily: the largest step-score difference while their tokens agree
+    (after a first disagreement the two continue from different prefixes), and the share of prompts whose
+    decoded tokens are identical."""
+    settings = {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1, "output_scores": True,
+                "return_dict_in_generate": True, "pad_token_id": tokenizer.pad_token_id}
+    difference, identical = 0.0, 0
+    for batch in task.prompt_batches(tokenizer, rows, 16, max_length):
+        outputs = [source.generate(**batch, **settings) for source in (model, artifact)]
+        tokens = [task.new_tokens(model, out.sequences, batch) for out in outputs]
+        steps = min(tokens[0].shape[1], tokens[1].shape[1])
+        agree = torch.ones(len(batch["input_ids"]), dtype=torch.bool)
+        for step in range(steps):
+            difference = max(difference, float((outputs[0].scores[step][agree] - outputs[1].scores[step][agree]).abs().max())
+                             if agree.any() else 0.0)
+            agree &= tokens[0][:, step] == tokens[1][:, step]
+        identical += int(agree.sum()) if tokens[0].shape == tokens[1].shape else 0
+    return {"prompts": len(rows), "max_abs_score_difference": difference, "identical_share": identical / max(len(rows), 1)}
+
+
+def export_generative(loaded, cfg, splits, task, profile, stages, report: dict, folder: Path) -> bool:
+    """Every stage for a causal-LM or seq2seq run into `folder`; True when the gate passed."""
+    with quiet():
+        return run_stages(loaded, cfg, splits, task, profile, stages, report, folder)
+
+
+def run_stages(loaded, cfg, splits, task, profile, stages, report: dict, folder: Path) -> bool:
+    from peftstd.export.merge import merge
+    from peftstd.training.batching import eval_loader
+
+    tokenizer, max_length = loaded.tokenizer, cfg.model.max_length
+    with stages.stage("merge"):
+        exported, how = merge(loaded.model)
+        report["stages"]["merge"] = {"how": how}
+    test_loader, _ = eval_loader(task.encode(tokenizer, splits.test, [], max_length), task.collator(tokenizer), profile.batch_size)
+    if exported is not loaded.model:
+        report["stages"]["merge"]["max_abs_logit_difference"] = teacher_forced(loaded.model, exported, test_loader, task.label_shift)[
+            "max_abs_logit_difference"]
+
+    with stages.stage("onnx"):
+        report["stages"]["onnx"] = export_folder(exported, tokenizer, folder, task.name, profile.kv_cache)
+    report["runtime"] = {"disabled_optimizers": []}
+    artifacts = {"fp32": folder}
+    if profile.int8:
+        with stages.stage("quantize"):
+            quantize_folder(folder, folder / "int8", profile.per_channel)
+            artifacts["int8-dynamic"] = folder / "int8"
+            report["stages"]["quantize"] = {"artifacts": {"int8-dynamic": {"file": "int8", "scheme": "dynamic int8, every MatMul"}}}
+
+    with stages.stage("verify"):
+        prompts = splits.test[: profile.generation_samples]
+        gate = []
+        for name, path in artifacts.items():
+            artifact = load_artifact(path, task.name, profile.kv_cache)
+            scores = teacher_forced(exported, artifact, test_loader, task.label_shift)
+            decoding = greedy_agreement(task, exported, artifact, tokenizer, prompts, cfg.generation.max_new_tokens, max_length)
+            rise = 100.0 * (scores["artifact_perplexity"] / scores["trained_perplexity"] - 1)
+            record = {"artifact": name, "file": path.relative_to(folder).as_posix(), "metric": "perplexity",
+                      "value": scores["artifact_perplexity"], "drop_points": rise, "metric_passed": rise <= profile.budget,
+                      "tokens": scores["tokens"], "decoding": decoding}
+            if name == "fp32":
+                record["max_abs_logit_difference"] = scores["max_abs_logit_difference"]
+                record["parity_passed"] = max(scores["max_abs_logit_difference"], decoding["max_abs_score_difference"]) <= profile.parity_tolerance
+            record["passed"] = record["metric_passed"] and record.get("parity_passed", True)
+            gate.append(record)
+        report["gate"] = {"split": "test", "examples": len(splits.test), "metric": "perplexity", "trained_metric": scores["trained_perplexity"],
+                          "budget_points": profile.budget, "budget_unit": "percent rise of perplexity",
+                          "parity_tolerance": profile.parity_tolerance, "artifacts": gate}
+    report["sizes_mb"] = {record["file"]: sum(p.stat().st_size for p in artifacts[record["artifact"]].glob("*.onnx*")) / 2**20
+                          for record in gate}
+    return all(r["passed"] for r in gate)
+
+
+def folder_ops(folder: Path) -> dict[str, dict[str, int]]:
+    from peftstd.export.onnx_export import op_histogram
+
+    return {p.relative_to(folder).as_posix(): op_histogram(p) for p in sorted(folder.rglob("*.onnx"))}
+
