@@ -113,7 +113,7 @@ def test_seq2seq_exports_with_and_without_a_kv_cache_and_generates_like_pytorch(
 
     out = tmp_path / "export"
     profile = tmp_path / "profile.yaml"
-    profile.write_text(f"kv_cache: {str(kv_cache).lower()}\nint8: true\ncpu_int8: [dynamic]\n")
+    profile.write_text(f"kv_cache: {str(kv_cache).lower()}\nint8: true\n")
     result = peftstd("export", str(seq2seq_run), "--profile", str(profile), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "export.json").read_text())

@@ -177,13 +177,13 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
                 session = onnx_session(path, disabled_optimizers=profile.session_disabled_optimizers)
                 logits = onnx_logits(session, loaded.tokenizer, test, profile.batch_size, max_length)
                 record = judge(name, logits, reference, exported_test_logits if name == "fp32" else None,
-                               task, test.label_ids, profile.budget, profile.parity_tolerance)
+                               task, test.label_ids, profile.budget, profile.parity_for(generative=False))
                 record["file"] = path.name
                 if name == "fp32" and not record["parity_passed"]:
                     record["worst_layer"] = worst_initializer(path, exported)
                 gate.append(record)
             report["gate"] = {"split": "test", "examples": len(test.texts), "metric": task.primary_metric, "trained_metric": reference / 100,
-                              "budget_points": profile.budget, "parity_tolerance": profile.parity_tolerance, "artifacts": gate}
+                              "budget_points": profile.budget, "parity_tolerance": profile.parity_for(generative=False), "artifacts": gate}
             passed = all(r["passed"] for r in gate)
 
         if profile.speed_check and profile.format == "onnx":

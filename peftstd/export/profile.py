@@ -23,7 +23,10 @@ class ExportProfile(Section):
     prune: float = Field(0.0, ge=0.0, lt=0.9, description="Share of encoder FLOPs to remove by structured head/neuron pruning (0 disables).")
     budget: float = Field(1.0, ge=0.0, description="Largest allowed drop of the task metric, in points (1.0 = one accuracy point); "
                           "causal-LM and seq2seq: largest allowed rise of test perplexity, in percent.")
-    parity_tolerance: float = Field(1e-4, gt=0, description="Largest allowed max-abs logit difference of the fp32 ONNX artifact.")
+    parity_tolerance: float | None = Field(
+        None, gt=0, description="Largest allowed max-abs logit difference of the fp32 ONNX artifact; unset: 1e-4, and 1e-3 for causal-LM "
+        "and seq2seq, whose deep decoders reach the 1e-4 level between PyTorch's own kernels (SDPA and eager attention differ by "
+        "9.4e-5 on SmolLM2's logits, which reach 45 in magnitude).")
     calibration_samples: int = Field(256, ge=8, description="Training examples used for static-int8 calibration.")
     search_train_samples: int = Field(2000, ge=0, description="Training examples (unseen by calibration) added to validation to judge int8 drops.")
     importance_samples: int = Field(1024, ge=8, description="Training examples used for pruning importance (Fisher) and mask tuning.")
@@ -40,6 +43,10 @@ class ExportProfile(Section):
     generation_samples: int = Field(16, ge=1, description="Causal-LM and seq2seq: held-out test prompts decoded greedily by the artifact "
                                     "and by PyTorch, to check the cached decoding path step by step.")
     speed_check: bool = Field(True, description="Time every artifact against PyTorch (batch 1 and 8, sequence 128) for the export card.")
+
+    def parity_for(self, generative: bool) -> float:
+        """The fp32 parity tolerance of a task (see `parity_tolerance`)."""
+        return self.parity_tolerance or (1e-3 if generative else 1e-4)
 
     @property
     def offline_fusions(self) -> bool:
