@@ -228,3 +228,20 @@ def test_a_broken_generative_artifact_fails_the_gate(sft_run, tmp_path, monkeypa
     code = export_run(sft_run, tmp_path / "broken", ExportProfile(speed_check=False))
     report = json.loads((tmp_path / "broken" / "export.json").read_text())
     assert code != 0 and report["status"] == "failed" and not report["gate"]["artifacts"][0]["parity_passed"]
+
+
+def test_sft_run_exports_logits_without_a_kv_cache(sft_run, tmp_path):
+    import onnx
+
+    from conftest import peftstd
+
+    profile = tmp_path / "no-cache.yaml"
+    profile.write_text("kv_cache: false\n")
+    result = peftstd("export", str(sft_run), "--profile", str(profile), "--out", str(tmp_path / "export"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    inputs = [i.name for i in onnx.load(str(tmp_path / "export" / "model.onnx")).graph.input]
+    assert "input_ids" in inputs and not any("past_key_values" in name for name in inputs)
+    report = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert report["stages"]["onnx"]["optimum_task"] == "text-generation" and report["status"] == "passed"
+    bench = peftstd("bench", str(tmp_path / "export"))  # generation has its own benchmark script
+    assert bench.returncode != 0 and "bench/generate_speed.py" in bench.stderr and "Traceback" not in bench.stderr

@@ -82,6 +82,10 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
     from peftstd.run.manifest import hardware, package_versions
 
     run, export = resolve_target(target)
+    task = json.loads((run / "manifest.json").read_text())["task"]["type"]
+    if task in ("causal-lm", "seq2seq"):
+        raise UserError(f"peftstd bench times single forward passes of encoder tasks; for this {task} run, time generation with "
+                        f"`python bench/generate_speed.py {run} EXPORT_DIR`")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA GPU on this machine")
     if threads:
