@@ -74,7 +74,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from peftstd.export.predict import predict
 
     for row in predict(Path(args.export_dir), args.texts, args.artifact, args.context):
-        if "entities" in row or "answer" in row:
+        if "entities" in row or "answer" in row or "response" in row:
             print(f"{row['label']}\t{row['text']}")
         else:
             print(f"{row['label']}\t{row['probability']:.4f}\t{row['text']}")

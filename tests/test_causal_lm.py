@@ -202,6 +202,8 @@ def test_sft_run_exports_with_a_kv_cache_and_passes_the_gate(sft_run, tmp_path):
         difference = (model(**ids).logits - artifact(**ids).logits).abs().max()
     assert difference < 0.5  # int8 stays close; the gate holds its perplexity within the budget
     assert peftstd("check", str(out)).returncode == 0
+    predicted = peftstd("predict", str(out), "the movie was dull", "--artifact", "int8")
+    assert predicted.returncode == 0 and predicted.stdout.endswith("\tthe movie was dull\n"), predicted.stderr
 
 
 def test_a_broken_generative_artifact_fails_the_gate(sft_run, tmp_path, monkeypatch):
@@ -228,6 +230,8 @@ def test_a_broken_generative_artifact_fails_the_gate(sft_run, tmp_path, monkeypa
     code = export_run(sft_run, tmp_path / "broken", ExportProfile(speed_check=False))
     report = json.loads((tmp_path / "broken" / "export.json").read_text())
     assert code != 0 and report["status"] == "failed" and not report["gate"]["artifacts"][0]["parity_passed"]
+    worst = report["gate"]["artifacts"][0]["worst_layer"]
+    assert worst["max_abs_difference"] > 1e-3 and worst["layer"].endswith("weight")
 
 
 def test_sft_run_exports_logits_without_a_kv_cache(sft_run, tmp_path):

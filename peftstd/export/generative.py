@@ -148,6 +148,14 @@ def greedy_agreement(task, model, artifact, tokenizer, rows, max_new_tokens: int
     return {"prompts": len(rows), "max_abs_score_difference": difference, "identical_share": identical / max(len(rows), 1)}
 
 
+def worst_layer(folder: Path, model) -> dict | None:
+    """The exported weight farthest from its PyTorch parameter, over every ONNX file of the artifact."""
+    from peftstd.export.verify import worst_initializer
+
+    found = [w for w in (worst_initializer(path, model) for path in sorted(folder.glob("*.onnx"))) if w]
+    return max(found, key=lambda w: w["max_abs_difference"], default=None)
+
+
 def export_generative(loaded, cfg, splits, task, profile, stages, report: dict, folder: Path) -> bool:
     """Every stage for a causal-LM or seq2seq run into `folder`; True when the gate passed."""
     with quiet():
@@ -190,6 +198,8 @@ def run_stages(loaded, cfg, splits, task, profile, stages, report: dict, folder:
             if name == "fp32":
                 record["max_abs_logit_difference"] = scores["max_abs_logit_difference"]
                 record["parity_passed"] = max(scores["max_abs_logit_difference"], decoding["max_abs_score_difference"]) <= profile.parity_for(generative=True)
+                if not record["parity_passed"]:
+                    record["worst_layer"] = worst_layer(path, exported)
             record["passed"] = record["metric_passed"] and record.get("parity_passed", True)
             gate.append(record)
         report["gate"] = {"split": "test", "examples": len(splits.test), "metric": "perplexity", "trained_metric": scores["trained_perplexity"],

@@ -49,7 +49,7 @@ def check_request(run_dir: Path, profile: ExportProfile) -> None:
     if profile.prune and task != "text-classification":
         raise UserError(f"--prune supports text-classification runs so far; this run is {task}")
     if task in GENERATIVE_TASKS and (profile.target != "cpu" or profile.fp16 or profile.format != "onnx"):
-        raise UserError(f"{task} runs export to ONNX for --target cpu (fp32, and dynamic int8 with --int8) so far; "
+        raise UserError(f"{task} runs export to ONNX for --target cpu (fp32, and weight-only int8 with --int8) so far; "
                         "GPU, fp16 and TensorRT exports cover the classification and QA tasks")
     if profile.format == "tensorrt":
         if profile.target != "gpu":
@@ -182,7 +182,7 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
                 if name == "fp32" and not record["parity_passed"]:
                     record["worst_layer"] = worst_initializer(path, exported)
                 gate.append(record)
-            report["gate"] = {"split": "test", "examples": len(test.texts), "metric": task.primary_metric, "trained_metric": reference / 100,
+            report["gate"] = {"split": "test", "examples": len(splits.test), "metric": task.primary_metric, "trained_metric": reference / 100,
                               "budget_points": profile.budget, "parity_tolerance": profile.parity_for(generative=False), "artifacts": gate}
             passed = all(r["passed"] for r in gate)
 

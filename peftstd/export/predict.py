@@ -25,8 +25,10 @@ def predict(export_dir: Path, texts: list[str], artifact: str = "model.onnx", co
 
     from peftstd.export.inference import onnx_session
 
+    info = json.loads((export_dir / "export.json").read_text()) if (export_dir / "export.json").is_file() else {}
+    if info.get("task") in ("causal-lm", "seq2seq"):
+        return predict_generations(export_dir, texts, artifact, info)
     path = artifact_path(export_dir, artifact)
-    info = json.loads((export_dir / "export.json").read_text())
     labels = json.loads((export_dir / "labels.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(export_dir)
     session = onnx_session(path)
@@ -81,3 +83,26 @@ def predict_answers(session, names, tokenizer, questions: list[str], context: st
         logits[feature["feature_id"]] = (start_end[:, 0], start_end[:, 1])
     _, answers = task.answers(logits)
     return [{"text": question, "answer": answer, "label": answer or "(no answer)"} for question, answer in zip(questions, answers)]
+
+
+def predict_generations(export_dir: Path, prompts: list[str], artifact: str, info: dict, max_new_tokens: int = 48) -> list[dict]:
+    """Causal-LM and seq2seq: greedy responses to the prompts (the chat template applied as in training), from
+    the fp32 artifact (`model.onnx`, the default) or the int8 one (`--artifact int8`)."""
+    from transformers import AutoTokenizer
+
+    from peftstd.data.examples import PromptExample
+    from peftstd.export.generative import load_artifact, quiet
+    from peftstd.tasks import get_task
+
+    folder = export_dir if artifact in ("model.onnx", "fp32", ".") else export_dir / artifact
+    if not folder.is_dir() or not any(folder.glob("*.onnx")):
+        available = ["model.onnx"] + [p.name for p in export_dir.iterdir() if p.is_dir() and any(p.glob("*.onnx"))]
+        raise UserError(f"{artifact!r} is not an artifact of this export; artifacts here: {', '.join(available)}")
+    task, tokenizer = get_task(info["task"]), AutoTokenizer.from_pretrained(folder)
+    with quiet():
+        model = load_artifact(folder, task.name, info["stages"]["onnx"]["kv_cache"])
+        responses = []
+        for batch in task.prompt_batches(tokenizer, [PromptExample(p, "") for p in prompts], 8, info["max_length"]):
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            responses += tokenizer.batch_decode(task.new_tokens(model, generated, batch), skip_special_tokens=True)
+    return [{"text": prompt, "label": response.strip(), "response": response.strip()} for prompt, response in zip(prompts, responses)]
