@@ -247,13 +247,12 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
 
     # --- Final model: best checkpoint, evaluated on the test split in float32 ------------------------
     method.restore(unwrapped, best_snapshot)
-    test_metrics, test_logits, test_labels = evaluate(model, test_dl, test_order, accelerator, task, autocast=False)
+    # test_outputs: logits, or a task's own outputs (QA: answers; generative tasks: `Generations`, set below)
+    test_metrics, test_outputs, test_labels = evaluate(model, test_dl, test_order, accelerator, task, autocast=False)
     if generative:
         tuned_texts = task.generate(unwrapped, tokenizer, generation_rows, cfg.generation, cfg.model.max_length, cfg.training.seed)
-        references = [row.response for row in generation_rows]
-        task.generated = {"base model": base_texts, "fine-tuned": tuned_texts}
-        task.scores = {who: {"prompts": len(references), **task.generation_metrics(texts, references)} for who, texts in task.generated.items()}
-        test_metrics.update({k: v for k, v in task.scores["fine-tuned"].items() if k != "prompts"})
+        test_outputs = task.scored_generations({"base model": base_texts, "fine-tuned": tuned_texts}, generation_rows)
+        test_metrics.update({k: v for k, v in test_outputs.scores["fine-tuned"].items() if k != "prompts"})
 
     # --- Run directory: weights, metrics, predictions, report, manifest ------------------------------
     if is_main:
@@ -267,10 +266,10 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             "test": test_metrics,
         }
         if generative:
-            metrics_doc["base_model"] = {"validation": base_validation, "test_generation": task.scores["base model"],
+            metrics_doc["base_model"] = {"validation": base_validation, "test_generation": test_outputs.scores["base model"],
                                          "generation": cfg.generation.model_dump()}
         atomic.write_json(run_dir / "metrics.json", metrics_doc)
-        predictions = task.prediction_records(splits.test, test_logits, test_labels, labels)
+        predictions = task.prediction_records(splits.test, test_outputs, test_labels, labels)
         atomic.write_text(run_dir / "predictions" / "test.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
         plot_curves(history, selection.metric, run_dir / "curves.png")
         manifest = {
@@ -303,7 +302,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             "wall_time_s": time.time() - started,
             "peak_memory": provenance.peak_memory_mb(),
         }
-        atomic.write_text(run_dir / "report.md", render_report(name, manifest, metrics_doc, task.report(test_logits, test_labels, labels, splits.test)))
+        atomic.write_text(run_dir / "report.md", render_report(name, manifest, metrics_doc, task.report(test_outputs, test_labels, labels, splits.test)))
         atomic.write_text(run_dir / "README.md", render_card(name, cfg, manifest, metrics_doc))
         manifest["files"] = provenance.file_hashes(run_dir)
         atomic.write_json(run_dir / "manifest.json", manifest)

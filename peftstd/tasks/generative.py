@@ -6,6 +6,7 @@ bootstrap aggregator, as the summarization literature reports it), next to the b
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,6 +15,15 @@ from peftstd.data.examples import PromptExample
 from peftstd.tasks.base import Task
 
 IGNORE = -100
+
+
+@dataclass
+class Generations:
+    """The test outputs of a generative run: each model's responses to the held-out prompts (keyed by who
+    generated them, e.g. "base model", "fine-tuned") and their BLEU/ROUGE scores."""
+
+    texts: dict[str, list[str]] = field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class GenerativeTask(Task):
@@ -93,24 +103,30 @@ class GenerativeTask(Task):
         rouge = aggregator.aggregate()
         return {"bleu": float(bleu), **{key: float(rouge[key].mid.fmeasure) for key in ("rouge1", "rouge2", "rougeL")}}
 
-    def prediction_records(self, rows, logits, label_ids, labels) -> list[dict]:
-        generated = getattr(self, "generated", {})
+    def scored_generations(self, texts: dict[str, list[str]], rows: list[PromptExample]) -> Generations:
+        """`texts` (responses to the first rows' prompts, per model) with their scores against the rows' responses."""
+        references = [row.response for row in rows[: len(next(iter(texts.values())))]]
+        return Generations(texts, {who: {"prompts": len(references), **self.generation_metrics(responses, references)}
+                                   for who, responses in texts.items()})
+
+    def prediction_records(self, rows, generations: Generations | None, label_ids, labels) -> list[dict]:
+        texts = generations.texts if generations else {}
         return [{"origin": row.origin, "prompt": row.prompt, "reference": row.response,
-                 **{f"generated_{who}": texts[i] for who, texts in generated.items() if i < len(texts)}}
+                 **{f"generated_{who}": responses[i] for who, responses in texts.items() if i < len(responses)}}
                 for i, row in enumerate(rows)]
 
-    def report(self, logits, label_ids, labels, rows=None) -> str:
+    def report(self, generations: Generations | None, label_ids, labels, rows=None) -> str:
         """Markdown: generation metrics of the base and the fine-tuned model, then sample generations."""
-        scores, generated = getattr(self, "scores", {}), getattr(self, "generated", {})
+        generations = generations or Generations()
         lines = ["### Generation on held-out test prompts", "",
                  "| model | prompts | BLEU | ROUGE-1 | ROUGE-2 | ROUGE-L |", "|---|---|---|---|---|---|"]
-        for who, metrics in scores.items():
+        for who, metrics in generations.scores.items():
             lines.append(f"| {who} | {metrics['prompts']} | {metrics['bleu']:.2f} | {metrics['rouge1']:.4f} | "
                          f"{metrics['rouge2']:.4f} | {metrics['rougeL']:.4f} |")
-        if rows and generated:
-            lines += ["", "### Sample generations (test)", "", "| prompt | reference | " + " | ".join(generated) + " |",
-                      "|---|---|" + "---|" * len(generated)]
+        if rows and generations.texts:
+            lines += ["", "### Sample generations (test)", "", "| prompt | reference | " + " | ".join(generations.texts) + " |",
+                      "|---|---|" + "---|" * len(generations.texts)]
             for i, row in enumerate(rows[:12]):
-                cells = [row.prompt, row.response] + [texts[i] if i < len(texts) else "" for texts in generated.values()]
+                cells = [row.prompt, row.response] + [responses[i] if i < len(responses) else "" for responses in generations.texts.values()]
                 lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ")[:160] for c in cells) + " |")
         return "\n".join(lines) + "\n"
