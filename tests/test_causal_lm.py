@@ -9,7 +9,8 @@ import pytest
 
 from conftest import FILLER, NEGATIVE, POSITIVE, run_recipe, write_jsonl
 from peftstd.data.examples import PromptExample
-from peftstd.tasks.causal_lm import IGNORE, CausalLM, example_ids, pack
+from peftstd.tasks.base import IGNORE
+from peftstd.tasks.causal_lm import CausalLM, example_ids, pack
 
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }} {{ m['content'] }} [SEP] {% endfor %}"
             "{% if add_generation_prompt %}assistant {% endif %}")

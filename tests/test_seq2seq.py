@@ -9,7 +9,7 @@ import pytest
 from conftest import FILLER, NEGATIVE, POSITIVE, peftstd, run_recipe, write_jsonl
 
 from peftstd.data.examples import PromptExample
-from peftstd.tasks.generative import IGNORE
+from peftstd.tasks.base import IGNORE
 from peftstd.tasks.seq2seq import Seq2SeqLM
 
 

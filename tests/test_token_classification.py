@@ -11,7 +11,8 @@ import pytest
 from conftest import FILLER, NEGATIVE, POSITIVE, run_recipe, tiny_overrides, write_jsonl
 from peftstd.data.conll import parse_conll
 from peftstd.errors import DataError
-from peftstd.tasks.token_classification import IGNORE, TokenClassification
+from peftstd.tasks.base import IGNORE
+from peftstd.tasks.token_classification import TokenClassification
 
 
 def minilm_tokenizer():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from peftstd.tasks.generative import IGNORE
+from peftstd.tasks.base import IGNORE
 
 INT8_BLOCK = 32  # weights per int8 scale
 OPTIMUM_TASKS = {("causal-lm", True): "text-generation-with-past", ("causal-lm", False): "text-generation",

@@ -48,7 +48,8 @@ def task_data(rows, labels: list[str], tokenizer=None, max_length: int | None = 
         texts = [tokenizer.decode(f["input_ids"], skip_special_tokens=True) for f in encoded.features]
         return TaskData(texts, None, np.array([f["feature_id"] for f in encoded.features]), features=encoded.features)
     if rows and hasattr(rows[0], "tokens"):
-        from peftstd.tasks.token_classification import IGNORE, TokenClassification
+        from peftstd.tasks.base import IGNORE
+        from peftstd.tasks.token_classification import TokenClassification
 
         encoded = TokenClassification(labels).encode(tokenizer, rows, labels, max_length)
         label_ids = np.full((len(rows), max_length), IGNORE, dtype=np.int64)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-IGNORE = -100
+from peftstd.tasks.base import IGNORE
 
 
 def fixed_masks(split, collator, batch_size: int, seed: int) -> list[dict]:

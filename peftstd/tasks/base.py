@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+IGNORE = -100  # the label id PyTorch's cross-entropy skips: prompt, padding, special tokens, continuation pieces
+
 
 @dataclass
 class EncodedSplit:
@@ -34,14 +36,14 @@ class Task:
 
     def loss(self, model, batch, label_smoothing: float = 0.0):
         """The training loss: the model's own cross-entropy, or a label-smoothed one computed here
-        (positions labelled -100 are skipped either way)."""
+        (positions labelled IGNORE are skipped either way)."""
         if not label_smoothing:
             return model(**batch).loss
         import torch.nn.functional as F
 
         labels = batch["labels"]
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=-100, label_smoothing=label_smoothing)
+        return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=IGNORE, label_smoothing=label_smoothing)
 
     def head_modules(self, model) -> list[str]:
         """Names of the task-head modules, always trained and saved whatever the method."""

@@ -9,8 +9,8 @@ import torch
 
 from peftstd.data.examples import PromptExample
 from peftstd.errors import ConfigError
-from peftstd.tasks.base import EncodedSplit
-from peftstd.tasks.generative import IGNORE, GenerativeTask
+from peftstd.tasks.base import IGNORE, EncodedSplit
+from peftstd.tasks.generative import GenerativeTask
 
 
 def ensure_pad_token(tokenizer) -> None:

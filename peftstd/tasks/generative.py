@@ -12,9 +12,7 @@ import numpy as np
 import torch
 
 from peftstd.data.examples import PromptExample
-from peftstd.tasks.base import Task
-
-IGNORE = -100
+from peftstd.tasks.base import IGNORE, Task
 
 
 @dataclass

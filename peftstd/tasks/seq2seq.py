@@ -8,8 +8,8 @@ from pathlib import Path
 
 from peftstd.data.examples import PromptExample
 from peftstd.errors import ConfigError
-from peftstd.tasks.base import EncodedSplit
-from peftstd.tasks.generative import IGNORE, GenerativeTask
+from peftstd.tasks.base import IGNORE, EncodedSplit
+from peftstd.tasks.generative import GenerativeTask
 
 
 def source_text(row: PromptExample) -> str:

@@ -9,9 +9,7 @@ import numpy as np
 
 from peftstd.data.examples import Splits, TokenExample
 from peftstd.errors import DataError
-from peftstd.tasks.base import EncodedSplit, Task
-
-IGNORE = -100  # the label id PyTorch's cross-entropy skips: special tokens, padding, continuation pieces
+from peftstd.tasks.base import IGNORE, EncodedSplit, Task
 
 
 def tag_order(tag: str) -> tuple[str, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IGNORE = -100  # label id of positions no metric scores (padding, special tokens, continuation pieces)
+from peftstd.tasks.base import IGNORE
 
 
 @torch.no_grad()
