@@ -71,7 +71,7 @@ def main() -> int:
     report = json.loads((folder / "export.json").read_text())
     merged, _ = merge(loaded.model)
     with quiet():
-        artifacts = {f"onnxruntime-{r['artifact']}": load_artifact(folder / r["file"], task.name, report["stages"]["onnx"]["kv_cache"],
+        artifacts = {f"onnxruntime-{r['artifact']}": load_artifact(folder / r["file"], task, report["stages"]["onnx"]["kv_cache"],
                                                                    spinning=False)
                      for r in report["gate"]["artifacts"]}
 

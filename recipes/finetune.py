@@ -144,7 +144,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
 
     # --- Generative tasks: the base model's validation loss and test generations, before any training
     #     or checkpoint touches the weights (the fine-tuned model is compared against them at the end)
-    generative = getattr(task, "generative", False)
+    generative = task.generative
     generation_rows = splits.test[: cfg.generation.samples] if generative else []
     if generative:
         base_validation, _, _ = evaluate(model, val_dl, val_order, accelerator, task)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from peftstd.errors import UserError
+from peftstd.tasks import GENERATIVE_TASKS
 
 
 def resolve_target(target: Path) -> tuple[Path, Path | None]:
@@ -83,7 +84,7 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
 
     run, export = resolve_target(target)
     task = json.loads((run / "manifest.json").read_text())["task"]["type"]
-    if task in ("causal-lm", "seq2seq"):
+    if task in GENERATIVE_TASKS:
         raise UserError(f"peftstd bench times single forward passes of encoder tasks; for this {task} run, time generation with "
                         f"`python bench/generate_speed.py {run} EXPORT_DIR`")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -64,16 +64,16 @@ def quiet():
             logging.disable(logging.NOTSET)
 
 
-def load_artifact(folder: Path, task_name: str, kv_cache: bool, spinning: bool = True):
+def load_artifact(folder: Path, task, kv_cache: bool, spinning: bool = True):
     """The artifact as optimum's ORTModel class of its task, on ONNX Runtime's CPU provider; benchmarks
     turn thread spinning off (see `inference.onnx_session`)."""
     import onnxruntime as ort
-    from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
+    import optimum.onnxruntime
 
     options = ort.SessionOptions()
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    auto = ORTModelForCausalLM if task_name == "causal-lm" else ORTModelForSeq2SeqLM
+    auto = getattr(optimum.onnxruntime, task.ort_model)
     return auto.from_pretrained(folder, provider="CPUExecutionProvider", use_cache=kv_cache, session_options=options)
 
 
@@ -188,7 +188,7 @@ def run_stages(loaded, cfg, splits, task, profile, stages, report: dict, folder:
         prompts = splits.test[: profile.generation_samples]
         gate = []
         for name, path in artifacts.items():
-            artifact = load_artifact(path, task.name, profile.kv_cache)
+            artifact = load_artifact(path, task, profile.kv_cache)
             scores = teacher_forced(exported, artifact, test_loader, task.label_shift)
             decoding = greedy_agreement(task, exported, artifact, tokenizer, prompts, cfg.generation.max_new_tokens, max_length)
             rise = 100.0 * (scores["artifact_perplexity"] / scores["trained_perplexity"] - 1)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from peftstd.errors import ConfigError, UserError
 from peftstd.export.profile import ExportProfile
+from peftstd.tasks import GENERATIVE_TASKS, TASK_METRICS
 
 GATE_FAILED_EXIT_CODE = 1
-GENERATIVE_TASKS = ("causal-lm", "seq2seq")
-EXPORTABLE_TASKS = ("text-classification", "token-classification", "question-answering", *GENERATIVE_TASKS)
+EXPORTABLE_TASKS = tuple(TASK_METRICS)  # every fine-tune task
 
 
 class Stages:
@@ -107,7 +107,7 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
         # Dequantization applies to runs trained on a 4/8-bit base; the fine-tune recipe trains float bases only.
         report["stages"]["load"] = {"base_quantized": False, "method": loaded.manifest["method"]["name"]}
         report["task_settings"] = loaded.manifest["task"].get("settings")
-    if task.name in GENERATIVE_TASKS:
+    if task.generative:
         from peftstd.export.generative import export_generative, folder_ops
 
         def fill_generative(folder: Path) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from peftstd.errors import UserError
+from peftstd.tasks import GENERATIVE_TASKS
 
 
 def artifact_path(export_dir: Path, artifact: str) -> Path:
@@ -26,7 +27,7 @@ def predict(export_dir: Path, texts: list[str], artifact: str = "model.onnx", co
     from peftstd.export.inference import onnx_session
 
     info = json.loads((export_dir / "export.json").read_text()) if (export_dir / "export.json").is_file() else {}
-    if info.get("task") in ("causal-lm", "seq2seq"):
+    if info.get("task") in GENERATIVE_TASKS:
         return predict_generations(export_dir, texts, artifact, info)
     path = artifact_path(export_dir, artifact)
     labels = json.loads((export_dir / "labels.json").read_text())
@@ -100,7 +101,7 @@ def predict_generations(export_dir: Path, prompts: list[str], artifact: str, inf
         raise UserError(f"{artifact!r} is not an artifact of this export; artifacts here: {', '.join(available)}")
     task, tokenizer = get_task(info["task"]), AutoTokenizer.from_pretrained(folder)
     with quiet():
-        model = load_artifact(folder, task.name, info["stages"]["onnx"]["kv_cache"])
+        model = load_artifact(folder, task, info["stages"]["onnx"]["kv_cache"])
         responses = []
         for batch in task.prompt_batches(tokenizer, [PromptExample(p, "") for p in prompts], 8, info["max_length"]):
             generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)

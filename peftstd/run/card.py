@@ -11,7 +11,6 @@ from peftstd.data.registry import DATASETS
 from peftstd.models.registry import MODELS
 
 LIBRARY = {"full": "transformers", "lora": "peft", "adalora": "peft", "adapter": "adapters"}
-PIPELINE_TAGS = {"causal-lm": "text-generation", "seq2seq": "text2text-generation"}  # the Hub's name for the task, where it differs from ours
 
 
 def hub_id_and_license(model_name: str) -> tuple[str, str]:
@@ -25,8 +24,8 @@ def front_matter(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, An
     base, license_name = hub_id_and_license(cfg.model.name)
     dataset = cfg.data.source
     test = metrics["test"]
-    shown = get_task(cfg.task.type).card_metrics
-    hub_task = PIPELINE_TAGS.get(cfg.task.type, cfg.task.type)
+    task = get_task(cfg.task.type)
+    shown, hub_task = task.card_metrics, task.hub_task or task.name
     return {
         "base_model": base,
         "library_name": LIBRARY[cfg.method],
@@ -128,18 +127,17 @@ def gate_row(record: dict[str, Any], sizes_mb: dict[str, float]) -> str:
             f"{sizes_mb[record['file']]:.1f} | {'pass' if record['passed'] else 'FAIL'} |")
 
 
-ORT_CLASSES = {"text-classification": "ORTModelForSequenceClassification", "token-classification": "ORTModelForTokenClassification",
-               "question-answering": "ORTModelForQuestionAnswering", "causal-lm": "ORTModelForCausalLM", "seq2seq": "ORTModelForSeq2SeqLM"}
-
-
-def loading_hint(task: str, kv_cache: bool = True) -> str:
+def loading_hint(task_name: str, kv_cache: bool = True) -> str:
     """How to load the export with stock libraries."""
-    if task in ("causal-lm", "seq2seq"):
+    from peftstd.tasks import get_task
+
+    task = get_task(task_name)
+    if task.generative:
         options = "" if kv_cache else ", use_cache=False"
-        return (f"`optimum.onnxruntime.{ORT_CLASSES[task]}.from_pretrained(folder{options})` (the int8 artifact: `folder/int8`), "
+        return (f"`optimum.onnxruntime.{task.ort_model}.from_pretrained(folder{options})` (the int8 artifact: `folder/int8`), "
                 "then `.generate(...)` as with transformers; each ONNX file also opens in a bare `onnxruntime.InferenceSession`.")
     return (f'`onnxruntime.InferenceSession("model.onnx")` with this folder\'s tokenizer, or\n'
-            f'`optimum.onnxruntime.{ORT_CLASSES.get(task, ORT_CLASSES["text-classification"])}.from_pretrained(folder, file_name="model.onnx")`.')
+            f'`optimum.onnxruntime.{task.ort_model}.from_pretrained(folder, file_name="model.onnx")`.')
 
 
 def render_export_card(report: dict[str, Any], run_card: str | None) -> str:

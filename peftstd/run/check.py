@@ -25,9 +25,7 @@ class Finding:
 
 EXPORT_FILES = ("export.json", "config.json", "labels.json")  # the artifacts themselves: see the gate records
 PRETRAIN_FILES = ("config.yaml", "manifest.json", "metrics.json", "report.md", "README.md")
-AUTO_CLASSES = {"text-classification": "AutoModelForSequenceClassification", "token-classification": "AutoModelForTokenClassification",
-                "causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM", "seq2seq": "AutoModelForSeq2SeqLM",
-                "question-answering": "AutoModelForQuestionAnswering"}
+PRETRAINING_CLASSES = {"masked-lm": "AutoModelForMaskedLM", "causal-lm": "AutoModelForCausalLM"}  # by objective
 
 
 def check_path(path: Path) -> list[Finding]:
@@ -107,18 +105,20 @@ def load_stock(run: Path, manifest: dict) -> str:
     import transformers
     from transformers.utils import logging
 
+    from peftstd.tasks import get_task
+
     logging.set_verbosity_error()  # the base model's fresh head is expected; the adapter replaces it
-    auto = getattr(transformers, AUTO_CLASSES[manifest["task"]["type"]])
     if manifest.get("pretraining"):
-        auto.from_pretrained(run / manifest["pretraining"]["model_dir"])
+        getattr(transformers, PRETRAINING_CLASSES[manifest["task"]["type"]]).from_pretrained(run / manifest["pretraining"]["model_dir"])
         return "transformers"
     labels = json.loads((run / "labels.json").read_text())
+    task = get_task(manifest["task"]["type"], labels)
+    auto = getattr(transformers, task.auto_model)
     method = manifest["method"]["name"]
     if method == "full":
         auto.from_pretrained(run / "model")
         return "transformers"
-    head = {"num_labels": len(labels)} if labels else {}
-    base = auto.from_pretrained(manifest["base_model"]["path"], **head)
+    base = auto.from_pretrained(manifest["base_model"]["path"], **task.head_config(labels))
     if method == "adapter":
         import adapters
 

@@ -29,6 +29,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 PRIMARY_METRIC = {"text-classification": "accuracy", "token-classification": "f1", "causal-lm": "loss", "seq2seq": "loss",
                   "question-answering": "f1"}
 LOWER_IS_BETTER = {"loss", "perplexity"}
+GENERATIVE_TASKS = ("causal-lm", "seq2seq")  # the `GenerativeTask`s, for callers that hold only a task name
 
 
 def get_task(name: str, labels: list[str] | None = None, settings: dict | None = None):

@@ -26,10 +26,24 @@ class Task:
     peft_task_type: ClassVar[str]
     head_candidates: ClassVar[tuple[str, ...]] = ()
     card_metrics: ClassVar[tuple[tuple[str, str, str], ...]] = ()  # (metrics key, model-card type, display name)
+    auto_model: ClassVar[str]  # the transformers Auto class of the task's model
+    ort_model: ClassVar[str]  # optimum's ORTModel class that loads its export
+    hub_task: ClassVar[str | None] = None  # the Hub's pipeline tag, where it differs from `name`
+    generative: ClassVar[bool] = False
 
     def __init__(self, labels: list[str] | None = None, settings: dict | None = None):
         self.labels = labels  # label names in index order, set by `label_names` or by whoever loads a run
         self.settings = settings or {}  # the `task:` section (as a dict), for tasks with settings of their own
+
+    def head_config(self, labels: list[str]) -> dict[str, Any]:
+        """Config settings of the task head that depend on the run's labels."""
+        return {}
+
+    def load_model(self, path, labels: list[str], **config_overrides):
+        """The pretrained model at `path` with the task's head (fresh where the checkpoint has none)."""
+        import transformers
+
+        return getattr(transformers, self.auto_model).from_pretrained(path, **self.head_config(labels), **config_overrides)
 
     def check_model(self, model_config) -> None:
         """Raise `ConfigError` when the task cannot use this architecture (checked before weights load)."""

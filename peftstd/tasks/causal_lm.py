@@ -3,7 +3,6 @@ the response tokens only, optional packing. Metrics: see `GenerativeTask`."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
@@ -58,6 +57,7 @@ class CausalLM(GenerativeTask):
     name = "causal-lm"
     peft_task_type = "CAUSAL_LM"
     head_candidates = ()  # the LM head is tied to the input embeddings; LoRA adapts the blocks
+    auto_model, ort_model, hub_task = "AutoModelForCausalLM", "ORTModelForCausalLM", "text-generation"
     label_shift = 1  # the model predicts token t+1 at position t
     padding_side = "left"  # generation continues each prompt from its last token
 
@@ -69,11 +69,6 @@ class CausalLM(GenerativeTask):
         if model_config.is_encoder_decoder:
             raise ConfigError(f"task causal-lm needs a decoder-only model, not an encoder-decoder {model_config.model_type} model; "
                               "use task.type=seq2seq")
-
-    def load_model(self, path: Path, labels: list[str], **config_overrides):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(path, **config_overrides)
 
     def encode(self, tokenizer, rows: list[PromptExample], labels: list[str], max_length: int, packing: bool = False, **_) -> EncodedSplit:
         """Prompt tokens are labelled IGNORE: the loss covers the response (and its end-of-turn token) only."""

@@ -3,7 +3,6 @@ accuracy and macro/micro precision/recall/F1 (scikit-learn)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +16,7 @@ class TextClassification(Task):
     peft_task_type = "SEQ_CLS"
     head_candidates = ("classifier", "score")
     primary_metric = "accuracy"
+    auto_model, ort_model = "AutoModelForSequenceClassification", "ORTModelForSequenceClassification"
     card_metrics = (("accuracy", "accuracy", "Accuracy"), ("macro_f1", "f1", "Macro F1"),
                     ("macro_precision", "precision", "Macro precision"), ("macro_recall", "recall", "Macro recall"))
 
@@ -37,16 +37,8 @@ class TextClassification(Task):
                 )
         return names
 
-    def load_model(self, path: Path, labels: list[str], **config_overrides):
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            **config_overrides,
-        )
+    def head_config(self, labels: list[str]) -> dict:
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
 
     def encode(self, tokenizer, rows: list[Example], labels: list[str], max_length: int, **_) -> EncodedSplit:
         texts = [row.text for row in rows]

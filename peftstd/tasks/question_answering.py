@@ -10,7 +10,6 @@ import collections
 import itertools
 import re
 import string
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,6 +73,7 @@ class QuestionAnswering(Task):
     peft_task_type = None
     head_candidates = ("qa_outputs",)
     primary_metric = "f1"
+    auto_model, ort_model = "AutoModelForQuestionAnswering", "ORTModelForQuestionAnswering"
     card_metrics = (("f1", "f1", "SQuAD F1"), ("exact_match", "exact_match", "Exact match"))
 
     def __init__(self, labels: list[str] | None = None, settings: dict | None = None):
@@ -86,11 +86,6 @@ class QuestionAnswering(Task):
     def label_names(self, configured, splits) -> list[str]:
         self.labels = ["start", "end"]
         return self.labels
-
-    def load_model(self, path: Path, labels: list[str], **config_overrides):
-        from transformers import AutoModelForQuestionAnswering
-
-        return AutoModelForQuestionAnswering.from_pretrained(path, **config_overrides)
 
     def encode(self, tokenizer, rows: list[QAExample], labels: list[str], max_length: int, **_) -> EncodedSplit:
         """One feature per context window; its start/end positions point at the first gold answer's first and

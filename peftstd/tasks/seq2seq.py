@@ -4,7 +4,6 @@ inputs). Data: the prompt/response columns hold source/target. Metrics: see `Gen
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from peftstd.data.examples import PromptExample
 from peftstd.errors import ConfigError
@@ -20,17 +19,13 @@ def source_text(row: PromptExample) -> str:
 class Seq2SeqLM(GenerativeTask):
     name = "seq2seq"
     peft_task_type = "SEQ_2_SEQ_LM"
+    auto_model, ort_model, hub_task = "AutoModelForSeq2SeqLM", "ORTModelForSeq2SeqLM", "text2text-generation"
     head_candidates = ()  # the LM head is tied to the shared embeddings (T5, BART); the methods adapt the blocks
 
     def check_model(self, model_config) -> None:
         if not model_config.is_encoder_decoder:
             raise ConfigError(f"task seq2seq needs an encoder-decoder model (T5, BART, ...), not a {model_config.model_type} "
                               "model; use task.type=causal-lm for decoder-only models")
-
-    def load_model(self, path: Path, labels: list[str], **config_overrides):
-        from transformers import AutoModelForSeq2SeqLM
-
-        return AutoModelForSeq2SeqLM.from_pretrained(path, **config_overrides)
 
     def prompt_ids(self, tokenizer, row: PromptExample) -> list[int]:
         return tokenizer(source_text(row), add_special_tokens=True)["input_ids"]

@@ -3,7 +3,6 @@ the first word piece of each word, entity-level precision/recall/F1 with seqeval
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +30,7 @@ class TokenClassification(Task):
     peft_task_type = "TOKEN_CLS"
     head_candidates = ("classifier", "score")
     primary_metric = "f1"
+    auto_model, ort_model = "AutoModelForTokenClassification", "ORTModelForTokenClassification"
     card_metrics = (("f1", "f1", "Entity micro F1"), ("precision", "precision", "Entity micro precision"),
                     ("recall", "recall", "Entity micro recall"), ("accuracy", "accuracy", "Token accuracy"))
 
@@ -48,13 +48,8 @@ class TokenClassification(Task):
         self.labels = names
         return names
 
-    def load_model(self, path: Path, labels: list[str], **config_overrides):
-        from transformers import AutoModelForTokenClassification
-
-        return AutoModelForTokenClassification.from_pretrained(
-            path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-            **config_overrides,
-        )
+    def head_config(self, labels: list[str]) -> dict:
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
 
     def encode(self, tokenizer, rows: list[TokenExample], labels: list[str], max_length: int,
                label_all_subwords: bool = False, **_) -> EncodedSplit:
