@@ -39,7 +39,7 @@ def predict(export_dir: Path, texts: list[str], artifact: str = "model.onnx", co
     if info.get("task") == "question-answering":
         if not context:
             raise UserError("this export answers questions: give the passage with --context \"...\"")
-        return predict_answers(session, names, tokenizer, texts, context, info)
+        return predict_answers(session, tokenizer, texts, context, info)
     if context:
         raise UserError(f"--context applies to question-answering exports; this one is {info.get('task')}")
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=info["max_length"], return_tensors="np")
@@ -68,21 +68,17 @@ def predict_entities(session, names, tokenizer, texts: list[str], labels: list[s
     return out
 
 
-def predict_answers(session, names, tokenizer, questions: list[str], context: str, info: dict) -> list[dict]:
-    """Question answering: each question over the context's windows, the best span as the answer."""
+def predict_answers(session, tokenizer, questions: list[str], context: str, info: dict) -> list[dict]:
+    """Question answering: each question over the context's windows (batched as the gate runs them), the
+    best span as the answer."""
     from peftstd.data.examples import QAExample
-    from peftstd.export.inference import run_session
+    from peftstd.export.heldout import task_data
+    from peftstd.export.inference import onnx_logits
     from peftstd.tasks.question_answering import QuestionAnswering
 
     task = QuestionAnswering(settings=info.get("task_settings"))
-    rows = [QAExample(question, context, (), ()) for question in questions]
-    features = task.encode(tokenizer, rows, [], info["max_length"]).features
-    logits = {}
-    for feature in features:
-        feed = {k: np.array([v], dtype=np.int64) for k, v in feature.items() if k in names}
-        start_end = run_session(session, feed)[0]
-        logits[feature["feature_id"]] = (start_end[:, 0], start_end[:, 1])
-    _, answers = task.answers(logits)
+    data = task_data([QAExample(question, context, (), ()) for question in questions], [], tokenizer, info["max_length"], task)
+    _, answers = task.stacked_answers(onnx_logits(session, tokenizer, data, 32, info["max_length"]), data.label_ids)
     return [{"text": question, "answer": answer, "label": answer or "(no answer)"} for question, answer in zip(questions, answers)]
 
 

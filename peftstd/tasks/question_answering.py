@@ -19,13 +19,14 @@ from peftstd.errors import DataError
 from peftstd.tasks.base import EncodedSplit, Task
 
 N_BEST = 20  # start and end candidates per window, as in transformers' run_qa.py
+PUNCTUATION = set(string.punctuation)
 
 
 # SQuAD v1.1's official normalization and scores, written out because `evaluate.load("squad")` fetches its
 # script from the Hub and fails offline.
 def normalize_answer(text: str) -> str:
     """Lower case, punctuation, articles (a, an, the) and extra whitespace removed."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = "".join(ch for ch in text.lower() if ch not in PUNCTUATION)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 
@@ -42,18 +43,22 @@ def token_f1(prediction: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def best_scores(prediction: str, row: QAExample) -> dict[str, float]:
+    """Exact match and F1 of one prediction, each the best over the example's gold answers."""
+    return {"exact_match": max(exact_match(prediction, a) for a in row.answers), "f1": max(token_f1(prediction, a) for a in row.answers)}
+
+
 def squad_scores(predictions: list[str], rows: list[QAExample]) -> dict[str, float]:
-    """Exact match and F1, each the best over an example's gold answers, averaged (0-1)."""
-    em = [max(exact_match(p, a) for a in row.answers) for p, row in zip(predictions, rows)]
-    f1 = [max(token_f1(p, a) for a in row.answers) for p, row in zip(predictions, rows)]
-    return {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1))}
+    """Exact match and F1 (`best_scores`) averaged over the examples (0-1)."""
+    scores = [best_scores(p, row) for p, row in zip(predictions, rows)]
+    return {key: float(np.mean([s[key] for s in scores])) for key in ("exact_match", "f1")}
 
 
 def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list, max_answer_tokens: int) -> tuple[float, int, int] | None:
     """(score, first char, end char) of the best span inside the context of one window, or None."""
-    best = None
+    best, ends = None, np.argsort(end_logits)[::-1][:N_BEST]
     for start in np.argsort(start_logits)[::-1][:N_BEST]:
-        for end in np.argsort(end_logits)[::-1][:N_BEST]:
+        for end in ends:
             if start >= len(offsets) or end >= len(offsets) or offsets[start] is None or offsets[end] is None:
                 continue
             if end < start or end - start + 1 > max_answer_tokens:
@@ -169,16 +174,19 @@ class QuestionAnswering(Task):
                 best[row_index] = span
         return rows, [rows[i].context[best[i][1] : best[i][2]] if i in best else "" for i in range(len(rows))]
 
+    def stacked_answers(self, logits: np.ndarray, feature_ids: np.ndarray) -> tuple[list[QAExample], list[str]]:
+        """`answers` from per-window start/end logits stacked as [windows, tokens, 2] (the export's form),
+        `feature_ids` naming each window."""
+        return self.answers({int(f): (logits[i, :, 0], logits[i, :, 1]) for i, f in enumerate(feature_ids)})
+
     def metrics(self, logits: np.ndarray, feature_ids: np.ndarray) -> dict[str, float]:
-        """Exact match and F1 from per-window start/end logits stacked as [windows, tokens, 2] (the export's
-        form), `feature_ids` naming each window."""
-        rows, answers = self.answers({int(f): (logits[i, :, 0], logits[i, :, 1]) for i, f in enumerate(feature_ids)})
+        """Exact match and F1 from stacked per-window logits (see `stacked_answers`)."""
+        rows, answers = self.stacked_answers(logits, feature_ids)
         return squad_scores(answers, rows)
 
     def prediction_records(self, rows: list[QAExample], answers, label_ids, labels) -> list[dict]:
         return [{"origin": row.origin, "question": row.question, "context": row.context, "answers": list(row.answers),
-                 "prediction": answer, "exact_match": max(exact_match(answer, a) for a in row.answers),
-                 "f1": max(token_f1(answer, a) for a in row.answers)}
+                 "prediction": answer, **best_scores(answer, row)}
                 for row, answer in zip(rows, answers)]
 
     def report(self, answers, label_ids, labels, rows=None) -> str:
