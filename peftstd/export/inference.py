@@ -20,8 +20,11 @@ def batches(tokenizer, data: TaskData, batch_size: int, max_length: int, fixed_l
     for start in range(0, len(data.texts), batch_size):
         end = start + batch_size
         if data.features is not None:  # question answering: the context windows the run's encoding made
+            from transformers.data.data_collator import pad_without_fast_tokenizer_warning  # what HF's collators call
+
             features = [{k: v for k, v in f.items() if k in MODEL_INPUTS} for f in data.features[start:end]]
-            encoded = tokenizer.pad(features, padding=padding, max_length=max_length, return_tensors="np")
+            encoded = pad_without_fast_tokenizer_warning(tokenizer, features, padding=padding, return_tensors="np",
+                                                         max_length=max_length if fixed_length else None)
         elif data.words is not None:  # token classification: the words as the run's tokenization saw them
             encoded = tokenizer(data.words[start:end], is_split_into_words=True, padding=padding, truncation=True,
                                 max_length=max_length, return_tensors="np")
