@@ -107,45 +107,56 @@ def model_inputs(model, batch: dict) -> dict:
     return inputs
 
 
+def scored_logits(source, inputs: dict, scored: torch.Tensor, label_shift: int) -> torch.Tensor:
+    """The logits of `source` at the scored positions, [scored tokens, vocabulary]."""
+    logits = source(**inputs).logits.float()
+    return logits[:, : logits.shape[1] - label_shift][scored]
+
+
 @torch.no_grad()
-def teacher_forced(model, artifact, loader, label_shift: int) -> dict:
-    """Max-abs logit difference on every scored position, and both models' token-weighted perplexity."""
-    difference, tokens, nll = 0.0, 0, {"trained": 0.0, "artifact": 0.0}
+def teacher_forced(model, artifacts: dict, loader, label_shift: int) -> dict[str, dict]:
+    """Per artifact: the max-abs difference of its logits from `model`'s on every scored position, and its
+    token-weighted perplexity; under "trained", `model`'s own perplexity. `model` runs once per batch, for
+    all artifacts together."""
+    difference, nll, tokens = dict.fromkeys(artifacts, 0.0), dict.fromkeys(["trained", *artifacts], 0.0), 0
     for batch in loader:
         inputs = model_inputs(model, batch)
         labels = batch["labels"][:, label_shift:]
         scored = labels != IGNORE
-        for who, source in (("trained", model), ("artifact", artifact)):
-            logits = source(**inputs).logits.float()
-            logits = logits[:, : logits.shape[1] - label_shift][scored]
-            nll[who] += float(torch.nn.functional.cross_entropy(logits, labels[scored], reduction="sum"))
-            if who == "trained":
-                reference = logits
-        difference = max(difference, float((logits - reference).abs().max()) if len(logits) else 0.0)
+        reference = scored_logits(model, inputs, scored, label_shift)
+        nll["trained"] += float(torch.nn.functional.cross_entropy(reference, labels[scored], reduction="sum"))
+        for name, artifact in artifacts.items():
+            logits = scored_logits(artifact, inputs, scored, label_shift)
+            nll[name] += float(torch.nn.functional.cross_entropy(logits, labels[scored], reduction="sum"))
+            difference[name] = max(difference[name], float((logits - reference).abs().max()) if len(logits) else 0.0)
         tokens += int(scored.sum())
-    return {"max_abs_logit_difference": difference, "tokens": tokens,
-            **{f"{who}_perplexity": math.exp(min(total / max(tokens, 1), 50.0)) for who, total in nll.items()}}
+    perplexity = {who: math.exp(min(total / max(tokens, 1), 50.0)) for who, total in nll.items()}
+    return {"trained": {"perplexity": perplexity["trained"], "tokens": tokens},
+            **{name: {"max_abs_logit_difference": difference[name], "perplexity": perplexity[name], "tokens": tokens} for name in artifacts}}
 
 
 @torch.no_grad()
-def greedy_agreement(task, model, artifact, tokenizer, rows, max_new_tokens: int, max_length: int) -> dict:
-    """Both models decode the prompts greedily: the largest step-score difference while their tokens agree
-    (after a first disagreement the two continue from different prefixes), and the share of prompts whose
-    decoded tokens are identical."""
+def greedy_agreement(task, model, artifacts: dict, tokenizer, rows, max_new_tokens: int, max_length: int) -> dict[str, dict]:
+    """`model` and each artifact decode the prompts greedily (`model` once per batch): per artifact, the
+    largest step-score difference while its tokens agree with `model`'s (after a first disagreement the two
+    continue from different prefixes), and the share of prompts whose decoded tokens are identical."""
     settings = {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1, "output_scores": True,
                 "return_dict_in_generate": True, "pad_token_id": tokenizer.pad_token_id}
-    difference, identical = 0.0, 0
+    difference, identical = dict.fromkeys(artifacts, 0.0), dict.fromkeys(artifacts, 0)
     for batch in task.prompt_batches(tokenizer, rows, 16, max_length):
-        outputs = [source.generate(**batch, **settings) for source in (model, artifact)]
-        tokens = [task.new_tokens(model, out.sequences, batch) for out in outputs]
-        steps = min(tokens[0].shape[1], tokens[1].shape[1])
-        agree = torch.ones(len(batch["input_ids"]), dtype=torch.bool)
-        for step in range(steps):
-            difference = max(difference, float((outputs[0].scores[step][agree] - outputs[1].scores[step][agree]).abs().max())
-                             if agree.any() else 0.0)
-            agree &= tokens[0][:, step] == tokens[1][:, step]
-        identical += int(agree.sum()) if tokens[0].shape == tokens[1].shape else 0
-    return {"prompts": len(rows), "max_abs_score_difference": difference, "identical_share": identical / max(len(rows), 1)}
+        reference = model.generate(**batch, **settings)
+        reference_tokens = task.new_tokens(model, reference.sequences, batch)
+        for name, artifact in artifacts.items():
+            output = artifact.generate(**batch, **settings)
+            tokens = task.new_tokens(model, output.sequences, batch)
+            agree = torch.ones(len(batch["input_ids"]), dtype=torch.bool)
+            for step in range(min(reference_tokens.shape[1], tokens.shape[1])):
+                if agree.any():
+                    difference[name] = max(difference[name], float((reference.scores[step][agree] - output.scores[step][agree]).abs().max()))
+                agree &= reference_tokens[:, step] == tokens[:, step]
+            identical[name] += int(agree.sum()) if tokens.shape == reference_tokens.shape else 0
+    return {name: {"prompts": len(rows), "max_abs_score_difference": difference[name], "identical_share": identical[name] / max(len(rows), 1)}
+            for name in artifacts}
 
 
 def worst_layer(folder: Path, model) -> dict | None:
@@ -172,8 +183,8 @@ def run_stages(loaded, cfg, splits, task, profile, stages, report: dict, folder:
         report["stages"]["merge"] = {"how": how}
     test_loader, _ = eval_loader(task.encode(tokenizer, splits.test, [], max_length), task.collator(tokenizer), profile.batch_size)
     if exported is not loaded.model:
-        report["stages"]["merge"]["max_abs_logit_difference"] = teacher_forced(loaded.model, exported, test_loader, task.label_shift)[
-            "max_abs_logit_difference"]
+        merged = teacher_forced(loaded.model, {"merged": exported}, test_loader, task.label_shift)["merged"]
+        report["stages"]["merge"]["max_abs_logit_difference"] = merged["max_abs_logit_difference"]
 
     with stages.stage("onnx"):
         report["stages"]["onnx"] = export_folder(exported, tokenizer, folder, task.name, profile.kv_cache)
@@ -185,24 +196,26 @@ def run_stages(loaded, cfg, splits, task, profile, stages, report: dict, folder:
             report["stages"]["quantize"] = {"artifacts": {"int8-weights": quantize_folder(folder, folder / "int8")}}
 
     with stages.stage("verify"):
-        prompts = splits.test[: profile.generation_samples]
+        loaded_artifacts = {name: load_artifact(path, task, profile.kv_cache) for name, path in artifacts.items()}
+        scores = teacher_forced(exported, loaded_artifacts, test_loader, task.label_shift)
+        decoding = greedy_agreement(task, exported, loaded_artifacts, tokenizer, splits.test[: profile.generation_samples],
+                                    cfg.generation.max_new_tokens, max_length)
+        trained = scores["trained"]["perplexity"]
         gate = []
         for name, path in artifacts.items():
-            artifact = load_artifact(path, task, profile.kv_cache)
-            scores = teacher_forced(exported, artifact, test_loader, task.label_shift)
-            decoding = greedy_agreement(task, exported, artifact, tokenizer, prompts, cfg.generation.max_new_tokens, max_length)
-            rise = 100.0 * (scores["artifact_perplexity"] / scores["trained_perplexity"] - 1)
+            rise = 100.0 * (scores[name]["perplexity"] / trained - 1)
             record = {"artifact": name, "file": path.relative_to(folder).as_posix(), "metric": "perplexity",
-                      "value": scores["artifact_perplexity"], "drop_points": rise, "metric_passed": rise <= profile.budget,
-                      "tokens": scores["tokens"], "decoding": decoding}
+                      "value": scores[name]["perplexity"], "drop_points": rise, "metric_passed": rise <= profile.budget,
+                      "tokens": scores[name]["tokens"], "decoding": decoding[name]}
             if name == "fp32":
-                record["max_abs_logit_difference"] = scores["max_abs_logit_difference"]
-                record["parity_passed"] = max(scores["max_abs_logit_difference"], decoding["max_abs_score_difference"]) <= profile.parity_for(generative=True)
+                difference = scores[name]["max_abs_logit_difference"]
+                record["max_abs_logit_difference"] = difference
+                record["parity_passed"] = max(difference, decoding[name]["max_abs_score_difference"]) <= profile.parity_for(generative=True)
                 if not record["parity_passed"]:
                     record["worst_layer"] = worst_layer(path, exported)
             record["passed"] = record["metric_passed"] and record.get("parity_passed", True)
             gate.append(record)
-        report["gate"] = {"split": "test", "examples": len(splits.test), "metric": "perplexity", "trained_metric": scores["trained_perplexity"],
+        report["gate"] = {"split": "test", "examples": len(splits.test), "metric": "perplexity", "trained_metric": trained,
                           "budget_points": profile.budget, "budget_unit": "percent rise of perplexity",
                           "parity_tolerance": profile.parity_for(generative=True), "artifacts": gate}
     report["sizes_mb"] = {record["file"]: sum(p.stat().st_size for p in artifacts[record["artifact"]].glob("*.onnx*")) / 2**20
