@@ -30,6 +30,7 @@ class Task:
     ort_model: ClassVar[str]  # optimum's ORTModel class that loads its export
     hub_task: ClassVar[str | None] = None  # the Hub's pipeline tag, where it differs from `name`
     generative: ClassVar[bool] = False
+    labelled_head: ClassVar[bool] = False  # one head output per label name (num_labels, id2label in the model config)
 
     def __init__(self, labels: list[str] | None = None, settings: dict | None = None):
         self.labels = labels  # label names in index order, set by `label_names` or by whoever loads a run
@@ -37,7 +38,9 @@ class Task:
 
     def head_config(self, labels: list[str]) -> dict[str, Any]:
         """Config settings of the task head that depend on the run's labels."""
-        return {}
+        if not self.labelled_head:
+            return {}
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
 
     def load_model(self, path, labels: list[str], **config_overrides):
         """The pretrained model at `path` with the task's head (fresh where the checkpoint has none)."""

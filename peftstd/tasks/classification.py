@@ -17,6 +17,7 @@ class TextClassification(Task):
     head_candidates = ("classifier", "score")
     primary_metric = "accuracy"
     auto_model, ort_model = "AutoModelForSequenceClassification", "ORTModelForSequenceClassification"
+    labelled_head = True
     card_metrics = (("accuracy", "accuracy", "Accuracy"), ("macro_f1", "f1", "Macro F1"),
                     ("macro_precision", "precision", "Macro precision"), ("macro_recall", "recall", "Macro recall"))
 
@@ -36,9 +37,6 @@ class TextClassification(Task):
                     "fix the data or list every label under task.labels"
                 )
         return names
-
-    def head_config(self, labels: list[str]) -> dict:
-        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
 
     def encode(self, tokenizer, rows: list[Example], labels: list[str], max_length: int, **_) -> EncodedSplit:
         texts = [row.text for row in rows]

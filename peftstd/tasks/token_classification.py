@@ -31,6 +31,7 @@ class TokenClassification(Task):
     head_candidates = ("classifier", "score")
     primary_metric = "f1"
     auto_model, ort_model = "AutoModelForTokenClassification", "ORTModelForTokenClassification"
+    labelled_head = True
     card_metrics = (("f1", "f1", "Entity micro F1"), ("precision", "precision", "Entity micro precision"),
                     ("recall", "recall", "Entity micro recall"), ("accuracy", "accuracy", "Token accuracy"))
 
@@ -47,9 +48,6 @@ class TokenClassification(Task):
             raise DataError(f"tags {unknown[:5]} of the validation/test data are not in {source}; list every tag under task.labels")
         self.labels = names
         return names
-
-    def head_config(self, labels: list[str]) -> dict:
-        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
 
     def encode(self, tokenizer, rows: list[TokenExample], labels: list[str], max_length: int,
                label_all_subwords: bool = False, **_) -> EncodedSplit:
