@@ -28,13 +28,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from peftstd.bench.backends import onnx_backend, torch_backend  # noqa: E402
-from peftstd.bench.timing import fixed_length_feed, interleaved, summary  # noqa: E402
-from peftstd.export.inference import runtime_settings  # noqa: E402
 from peftstd.export.merge import merge  # noqa: E402
 from peftstd.export.pipeline import scratch_directory  # noqa: E402
-from peftstd.run.load import load_run  # noqa: E402
 from peftstd.run.manifest import hardware, package_versions  # noqa: E402
+from peftstd.runtime.backends import onnx_backend, torch_backend  # noqa: E402
+from peftstd.runtime.inference import runtime_settings  # noqa: E402
+from peftstd.runtime.load import load_run  # noqa: E402
+from peftstd.runtime.timing import fixed_length_feed, interleaved, summary  # noqa: E402
 
 
 def optimum_pipeline(loaded, run: Path, work: Path) -> dict[str, Path]:
@@ -54,21 +54,21 @@ def optimum_pipeline(loaded, run: Path, work: Path) -> dict[str, Path]:
 
 def held_out_test(loaded, run: Path):
     """(test data, max length) of the run, rebuilt once and checked against its manifest."""
-    from peftstd.export.heldout import run_splits, task_data
+    from peftstd.runtime.taskdata import run_splits, task_data
 
     cfg, splits = run_splits(run, loaded.manifest)
     return task_data(splits.test, loaded.labels), cfg.model.max_length
 
 
 def onnx_accuracy(path: Path, loaded, test, max_length: int) -> float:
-    from peftstd.export.inference import onnx_logits, onnx_session
+    from peftstd.runtime.inference import onnx_logits, onnx_session
 
     logits = onnx_logits(onnx_session(path), loaded.tokenizer, test, 32, max_length)
     return float((logits.argmax(-1) == test.label_ids).mean())
 
 
 def bf16_accuracy(model, loaded, test, max_length: int) -> float:
-    from peftstd.export.inference import torch_logits
+    from peftstd.runtime.inference import torch_logits
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = torch_logits(model, loaded.tokenizer, test, 32, max_length)

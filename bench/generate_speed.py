@@ -25,11 +25,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from peftstd.export.generative import load_artifact, quiet  # noqa: E402
-from peftstd.export.heldout import run_splits  # noqa: E402
 from peftstd.export.merge import merge  # noqa: E402
-from peftstd.run.load import load_run  # noqa: E402
 from peftstd.run.manifest import hardware, package_versions  # noqa: E402
+from peftstd.runtime.engines import load_generative, quiet  # noqa: E402
+from peftstd.runtime.load import load_run  # noqa: E402
+from peftstd.runtime.taskdata import run_splits  # noqa: E402
 from peftstd.tasks import get_task  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def main() -> int:
     report = json.loads((folder / "export.json").read_text())
     merged, _ = merge(loaded.model)
     with quiet():
-        artifacts = {f"onnxruntime-{r['artifact']}": load_artifact(folder / r["file"], task, report["stages"]["onnx"]["kv_cache"],
+        artifacts = {f"onnxruntime-{r['artifact']}": load_generative(folder / r["file"], task, report["stages"]["onnx"]["kv_cache"],
                                                                    spinning=False)
                      for r in report["gate"]["artifacts"]}
 

@@ -36,8 +36,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_defaults(args: argparse.Namespace) -> int:
     from peftstd.config.docs import defaults_markdown
+    from peftstd.export.profile import ExportProfile
+    from peftstd.serve.config import ServeConfig
 
-    sys.stdout.write(defaults_markdown())
+    sys.stdout.write(defaults_markdown((("Export profiles (`peftstd export --profile`, `export/*.yaml`)", ExportProfile),
+                                        ("Serve settings (`peftstd serve --config`, each also a flag)", ServeConfig))))
     return 0
 
 
@@ -69,16 +72,31 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from peftstd.runtime.predictors import load_predictor
 
-    from peftstd.export.predict import predict
-
-    for row in predict(Path(args.export_dir), args.texts, args.artifact, args.context):
-        if "entities" in row or "answer" in row or "response" in row:
-            print(f"{row['label']}\t{row['text']}")
-        else:
-            print(f"{row['label']}\t{row['probability']:.4f}\t{row['text']}")
+    predictor = load_predictor(args.export_dir, args.artifact, args.runtime)
+    if predictor.task == "question-answering":
+        if not args.context:
+            raise UserError("this export answers questions: give the passage with --context \"...\"")
+        inputs = [{"question": text, "context": args.context} for text in args.texts]
+    elif args.context:
+        raise UserError(f"--context applies to question-answering exports; this one is {predictor.task}")
+    else:
+        inputs = args.texts
+    for text, row in zip(args.texts, predictor.predict(inputs)):
+        print(f"{predicted_label(row)}\t{text}")
     return 0
+
+
+def predicted_label(row: dict) -> str:
+    """One line's worth of a predictor's result."""
+    if "entities" in row:
+        return "; ".join(f"{e['type']}: {e['text']}" for e in row["entities"]) or "(no entities)"
+    if "answer" in row:
+        return row["answer"] or "(no answer)"
+    if "text" in row:
+        return row["text"]
+    return f"{row['label']}\t{row['score']:.4f}"
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -113,8 +131,8 @@ def parse_ints(text: str, flag: str) -> list[int]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from peftstd.basics.atomic import write_json, write_text
     from peftstd.evaluation.evaluate import compare_targets, evaluate_target, markdown, public, summary_line
-    from peftstd.run.atomic import write_json, write_text
 
     targets = [Path(args.target)] + ([Path(args.compare)] if args.compare else [])
     results = [evaluate_target(t, args.data, args.split, args.artifact if i == 0 else None, args.resamples) for i, t in enumerate(targets)]
@@ -137,9 +155,9 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from peftstd.basics.atomic import write_json, write_text
     from peftstd.evaluation.ensemble import ensemble
     from peftstd.evaluation.evaluate import markdown, public, summary_line
-    from peftstd.run.atomic import write_json, write_text
 
     results, labels = ensemble([Path(m) for m in args.members], args.data, args.split, args.resamples)
     out = Path(args.out)
@@ -162,7 +180,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from peftstd.evaluation.explain import explain_data, explain_entities, explain_text, print_explanation, write_html
-    from peftstd.run.load import load_run
+    from peftstd.runtime.load import load_run
 
     if not args.texts and args.n is None:
         raise UserError("explain needs TEXTS, or --n N (with --data SPEC or the run's own --split) for an HTML report")
@@ -170,10 +188,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise UserError("give either TEXTS or --n N, not both")
     if args.n is not None and args.n < 1:
         raise UserError(f"--n must be a positive number of examples, got {args.n}")
+    from peftstd.runtime.folders import RunFolder
+
     run = Path(args.run)
-    if not (run / "manifest.json").is_file():
-        raise UserError(f"{str(run)!r} is not a finished run directory (no manifest.json)")
-    task = json.loads((run / "manifest.json").read_text())["task"]["type"]
+    task = RunFolder(run).task
     if task not in ("text-classification", "token-classification"):
         raise UserError(f"explain covers text- and token-classification runs; this run is {task}")
     if args.n is not None and task != "text-classification":
@@ -200,6 +218,49 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from peftstd.serve.config import load_serve_config
+    from peftstd.serve.server import model_names, serve
+
+    cfg = load_serve_config(args.config, args)
+    return serve(cfg, model_names(args.exports))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peftstd.serve.keys import add_key, parse_scopes, read_keys, revoke_key
+
+    path = Path(args.keys)
+    if args.action == "add":
+        key = add_key(path, args.name, parse_scopes(args.scopes))
+        print(key)
+        print(f"key {args.name!r} added to {path}; it is shown only now (the file keeps its sha256)", file=sys.stderr)
+    elif args.action == "revoke":
+        revoke_key(path, args.name)
+        print(f"key {args.name!r} revoked")
+    else:
+        for key in read_keys(path):
+            print(f"{key.name}\t{','.join(key.scopes)}\t{key.created}")
+    return 0
+
+
+def keys_parser() -> argparse.ArgumentParser:
+    """`peftstd serve keys add|list|revoke`: the API keys of a key file."""
+    parser = argparse.ArgumentParser(prog="peftstd serve keys", description="Manage the API keys of a key file (hashes only).")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = sub.add_parser("add", help="create a key, print it once")
+    add.add_argument("name", help="who the key is for (logged instead of the key)")
+    add.add_argument("--scopes", default="infer,read", help="comma-separated: infer, read, metrics, admin (default %(default)s)")
+    listing = sub.add_parser("list", help="names, scopes and dates of the keys")
+    revoke = sub.add_parser("revoke", help="remove a key; a running server stops accepting it")
+    revoke.add_argument("name")
+    for command in (add, listing, revoke):
+        command.add_argument("--keys", required=True, help="key file (YAML)")
+    parser.set_defaults(func=cmd_keys)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("export_dir", help="export folder")
     predict.add_argument("texts", nargs="+", help="texts to classify or tag (question answering: the questions)")
     predict.add_argument("--context", help="question answering: the passage the questions are answered from")
-    predict.add_argument("--artifact", default="model.onnx", help="artifact file in the folder (default %(default)s)")
+    predict.add_argument("--artifact", default="fp32", help="artifact: fp32, int8, a kind (int8-static) or a file (default %(default)s)")
+    predict.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino"], help="engine (default %(default)s)")
     predict.set_defaults(func=cmd_predict)
 
     evaluate = sub.add_parser("eval", help="standard metrics with bootstrap intervals for a run or exported artifact")
@@ -279,6 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print B's ratios to A instead of running")
     bench.set_defaults(func=cmd_bench)
 
+    from peftstd.serve.config import add_flags
+
+    serve = sub.add_parser("serve", help="serve exports over HTTP: batched, authenticated, /v1 JSON and KServe V2 "
+                                          "(`peftstd serve keys ...` manages API keys)")
+    serve.add_argument("exports", nargs="+", metavar="EXPORT", help="export folder, or NAME=FOLDER")
+    serve.add_argument("--config", help="serve settings YAML; the flags below override it")
+    add_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
     defaults = sub.add_parser("defaults", help="print the standard's defaults table (Markdown)")
     defaults.set_defaults(func=cmd_defaults)
     return parser
@@ -286,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["serve", "keys"]:
+        args = keys_parser().parse_args(argv[2:])
+        return args.func(args)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -55,17 +55,18 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from tqdm.auto import tqdm
     from transformers import AutoConfig, AutoTokenizer
 
+    from peftstd.basics import atomic
     from peftstd.config import to_yaml
     from peftstd.data import load_splits
     from peftstd.methods import get_method
     from peftstd.models import resolve_model
-    from peftstd.models.parameters import parameter_counts
     from peftstd.models.gguf import conversion_record
+    from peftstd.models.parameters import parameter_counts
     from peftstd.models.registry import check_max_length, weights_sha256
     from peftstd.regularization.augment import augment_examples
     from peftstd.regularization.dropout import dropout_overrides
     from peftstd.regularization.fgm import FGM
-    from peftstd.run import atomic, manifest as provenance
+    from peftstd.run import manifest as provenance
     from peftstd.run.banner import print_banner
     from peftstd.run.card import render_card
     from peftstd.run.checkpoints import Checkpoints, TrainerState, checkpoint_due_by_time
@@ -73,8 +74,8 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.run.rundir import create_run_dir, decide_run_start, point_latest, run_name
     from peftstd.tasks import get_task
     from peftstd.training.batching import eval_loader, train_loader
-    from peftstd.training.evaluate import evaluate
     from peftstd.training.distributed import check_world_size, on_main_then_broadcast
+    from peftstd.training.evaluate import evaluate
     from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps
     from peftstd.training.precision import accelerate_name, resolve_precision
     from peftstd.training.selection import Selection

@@ -48,6 +48,7 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
+    from peftstd.basics import atomic
     from peftstd.config import to_yaml
     from peftstd.data import load_splits
     from peftstd.models import resolve_model
@@ -56,7 +57,7 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
     from peftstd.pretraining.corpus import causal_blocks, masked_lm_features
     from peftstd.pretraining.evaluate import evaluate_lm, fixed_masks
     from peftstd.pretraining.model import build_model, merge_for_saving
-    from peftstd.run import atomic, manifest as provenance
+    from peftstd.run import manifest as provenance
     from peftstd.run.card import render_pretraining_card
     from peftstd.run.report import plot_curves
     from peftstd.run.rundir import check_run_path, point_latest, run_name

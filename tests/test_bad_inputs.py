@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_recipe, synthetic_rows, tiny_overrides, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import run_recipe, synthetic_rows, tiny_overrides, write_jsonl
 from peftstd.config import load_config
 from peftstd.config.load import all_dotted_keys
 from peftstd.config.schema import RecipeConfig

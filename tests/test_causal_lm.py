@@ -6,34 +6,11 @@ import json
 import random
 
 import pytest
-
 from conftest import FILLER, NEGATIVE, POSITIVE, run_recipe, write_jsonl
+
 from peftstd.data.examples import PromptExample
 from peftstd.tasks.base import IGNORE
 from peftstd.tasks.causal_lm import CausalLM, example_ids, pack
-
-TEMPLATE = ("{% for m in messages %}{{ m['role'] }} {{ m['content'] }} [SEP] {% endfor %}"
-            "{% if add_generation_prompt %}assistant {% endif %}")
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory):
-    """A 2-layer, 32-wide random Llama with the tiny word-level vocabulary, [SEP] as end of turn and a chat template."""
-    import torch
-    from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "user", "assistant", "system", *sorted(set(POSITIVE + NEGATIVE + FILLER))]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), eos_token="[SEP]", pad_token="[PAD]", bos_token="[CLS]")
-    tokenizer.chat_template = TEMPLATE
-    tokenizer.save_pretrained(folder)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
-                         bos_token_id=2, eos_token_id=3, pad_token_id=0)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
 
 
 def qa_rows(n: int, seed: int = 0) -> list[dict]:
@@ -179,12 +156,12 @@ def test_sft_trains_with_other_methods_and_reloads(tiny_llama, tmp_path, method)
 
 def test_sft_run_exports_with_a_kv_cache_and_passes_the_gate(sft_run, tmp_path):
     import torch
+    from conftest import peftstd
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer
 
-    from conftest import peftstd
     from peftstd.export.merge import merge
-    from peftstd.run.load import load_run
+    from peftstd.runtime.load import load_run
 
     out = tmp_path / "export"
     result = peftstd("export", str(sft_run), "--int8", "--out", str(out))
@@ -237,7 +214,6 @@ def test_a_broken_generative_artifact_fails_the_gate(sft_run, tmp_path, monkeypa
 
 def test_sft_run_exports_logits_without_a_kv_cache(sft_run, tmp_path):
     import onnx
-
     from conftest import peftstd
 
     profile = tmp_path / "no-cache.yaml"

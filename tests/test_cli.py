@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import REPO, RECIPE
+from conftest import RECIPE, REPO
 
 CONFIGS = sorted((REPO / "recipes" / "configs").glob("*.yaml"))
 

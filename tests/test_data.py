@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import synthetic_rows, write_jsonl
+
 from peftstd.config import load_config
 from peftstd.data import load_splits
 from peftstd.errors import DataError

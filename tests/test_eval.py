@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from conftest import peftstd
+
 from peftstd.evaluation.bootstrap import interval, paired_test
 
 

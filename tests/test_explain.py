@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import torch
-
 from conftest import peftstd
 
 
 def test_attributions_sum_to_the_logit_difference_within_the_reported_delta(trained):
     from peftstd.evaluation.explain import explain_text
-    from peftstd.run.load import load_run
+    from peftstd.runtime.load import load_run
 
     loaded = load_run(trained["lora"])
     result = explain_text(loaded, "the movie was great and fun", steps=128, max_length=32)

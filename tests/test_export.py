@@ -7,9 +7,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
-
 from conftest import peftstd
+from onnx import numpy_helper
 
 
 def test_export_writes_the_artifacts_and_a_passing_gate(exported):
@@ -43,7 +42,7 @@ def test_export_card_carries_the_gate_figures(exported):
 def test_cpu_exports_record_and_use_their_session_settings(exported, monkeypatch):
     import onnxruntime as ort
 
-    from peftstd.export.inference import onnx_session
+    from peftstd.runtime.inference import onnx_session
 
     report = json.loads((exported / "export.json").read_text())
     assert report["runtime"] == {"disabled_optimizers": ["SkipLayerNormFusion"]}

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_recipe, tiny_overrides
 
 CONTRACT = ["config.yaml", "manifest.json", "metrics.json", "labels.json", "report.md", "README.md", "curves.png",
@@ -65,7 +64,7 @@ def test_peft_methods_train_only_a_small_share(runs):
 
 @pytest.mark.parametrize("method", ["full", "lora", "adalora", "adapter"])
 def test_reloaded_model_reproduces_the_reported_predictions(runs, method):
-    from peftstd.run.load import load_run
+    from peftstd.runtime.load import load_run
 
     loaded = load_run(runs[method])
     recorded = recorded_predictions(runs[method])

@@ -39,8 +39,7 @@ def test_two_process_run_resumes_after_sigkill_to_identical_metrics(tiny_model, 
     import time
 
     import psutil
-
-    from conftest import REPO, RECIPE_ENV, recipe_command
+    from conftest import RECIPE_ENV, REPO, recipe_command
 
     extra = ["training.max_steps=24", "evaluation.every_steps=6", "output.checkpoint_every_steps=3"]
     reference = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "reference", *extra), launcher=TWO_CPU_PROCESSES)

@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-from conftest import REPO, RECIPE_ENV, run_recipe, synthetic_rows, tiny_overrides, write_jsonl
+from conftest import RECIPE_ENV, REPO, run_recipe, synthetic_rows, tiny_overrides, write_jsonl
 
 PRETRAIN = REPO / "recipes" / "pretrain.py"
 

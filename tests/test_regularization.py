@@ -7,9 +7,8 @@ import random
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import run_recipe, tiny_overrides
+from safetensors.torch import load_file
 
 SWITCHES = {
     "weight-decay": "training.weight_decay=0.5",

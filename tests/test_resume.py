@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import RECIPE_ENV, REPO, recipe_command, run_recipe, tiny_overrides
 from safetensors.torch import load_file
-
-from conftest import REPO, RECIPE_ENV, recipe_command, run_recipe, tiny_overrides
 
 LONG = ["training.max_steps=48", "evaluation.every_steps=6", "output.checkpoint_every_steps=3", "training.log_every_steps=2"]
 
@@ -83,7 +82,7 @@ class SingleProcess:
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     from peftstd.methods.lora import Lora
     from peftstd.run import checkpoints as module
-    from peftstd.run.checkpoints import CheckpointWriteError, Checkpoints, TrainerState, verify
+    from peftstd.run.checkpoints import Checkpoints, CheckpointWriteError, TrainerState, verify
 
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.AdamW(model.parameters())

@@ -13,26 +13,6 @@ from peftstd.tasks.base import IGNORE
 from peftstd.tasks.seq2seq import Seq2SeqLM
 
 
-@pytest.fixture(scope="session")
-def tiny_t5(tmp_path_factory):
-    """A 2+2-layer, 32-wide random T5 with a word-level tokenizer that, like T5's, appends </s> and nothing else."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
-
-    folder = tmp_path_factory.mktemp("tiny-t5")
-    vocab = ["<pad>", "</s>", "<unk>", *sorted(set(POSITIVE + NEGATIVE + FILLER))]
-    tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(vocab)}, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>").save_pretrained(folder)
-    config = T5Config(vocab_size=len(vocab), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2,
-                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    torch.manual_seed(0)
-    T5ForConditionalGeneration(config).save_pretrained(folder)
-    return folder
-
-
 def source_target_rows(n: int, seed: int = 0) -> list[dict]:
     """Sources holding one sentiment word; the target names the word and its polarity."""
     rng, rows = random.Random(seed), []
@@ -109,7 +89,7 @@ def test_seq2seq_exports_with_and_without_a_kv_cache_and_generates_like_pytorch(
     from transformers import AutoTokenizer
 
     from peftstd.export.merge import merge
-    from peftstd.run.load import load_run
+    from peftstd.runtime.load import load_run
 
     out = tmp_path / "export"
     profile = tmp_path / "profile.yaml"

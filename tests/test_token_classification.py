@@ -7,8 +7,8 @@ import random
 
 import numpy as np
 import pytest
-
 from conftest import FILLER, NEGATIVE, POSITIVE, run_recipe, tiny_overrides, write_jsonl
+
 from peftstd.data.conll import parse_conll
 from peftstd.errors import DataError
 from peftstd.tasks.base import IGNORE
@@ -117,7 +117,7 @@ def test_ner_recipe_learns_entities_and_reports_spans(ner_run):
 def test_reloaded_ner_run_reproduces_its_test_predictions(ner_run):
     import torch
 
-    from peftstd.run.load import load_run
+    from peftstd.runtime.load import load_run
 
     loaded = load_run(ner_run)
     record = json.loads((ner_run / "predictions" / "test.jsonl").read_text().splitlines()[0])

@@ -18,19 +18,24 @@ from peftstd.tasks import GENERATIVE_TASKS
 
 
 def resolve_target(target: Path) -> tuple[Path, Path | None]:
-    """(run directory, export folder or None) for a run or an export folder."""
-    if (target / "export.json").is_file():
-        return Path(json.loads((target / "export.json").read_text())["source_run"]), target
-    if (target / "manifest.json").is_file():
-        export = target / "export"
-        return target, export if (export / "export.json").is_file() else None
-    raise UserError(f"{str(target)!r} is neither a finished run (manifest.json) nor an export folder (export.json)")
+    """(run directory, export folder or None) for a run or an export folder; a run's own `export/` counts."""
+    from peftstd.runtime.folders import ExportFolder, open_target
+
+    run, export = open_target(target)
+    if export is None and ExportFolder.is_export(run.path / "export"):
+        export = ExportFolder(run.path / "export")
+    return run.path, export.path if export else None
 
 
 def build_backends(model, export: Path | None, feed, threads: int, names: set[str] | None, device: str = "cpu"):
+    """PyTorch backends of the run's model, and each gated artifact on ONNX Runtime and (where the `openvino`
+    package is installed) OpenVINO, which runs the same files."""
+    import importlib.util
+
     import torch
 
-    from peftstd.bench.backends import onnx_backend, torch_backend, torch_compile_backend, torch_int8_backend
+    from peftstd.runtime.backends import engine_backend, torch_backend, torch_compile_backend, torch_int8_backend
+    from peftstd.runtime.folders import ExportFolder
     from peftstd.training.precision import resolve_precision
 
     factories = {
@@ -42,21 +47,25 @@ def build_backends(model, export: Path | None, feed, threads: int, names: set[st
     if resolve_precision("auto", device.startswith("cuda") and torch.cuda.is_available())[0] == "bf16":  # native bf16 only
         factories["pytorch-bf16"] = lambda: torch_backend("pytorch-bf16", model, feed, autocast_bf16=True, device=device)
     if export is not None:
-        for record in json.loads((export / "export.json").read_text())["gate"]["artifacts"]:
-            name = f"onnxruntime-{record['artifact']}"
-            factories[name] = lambda r=record, n=name: onnx_backend(n, export / r["file"], feed, threads)
+        runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+        for runtime in runtimes:
+            for record in ExportFolder(export).record.gate.artifacts:
+                name = f"{runtime}-{record.artifact}"
+                factories[name] = lambda r=record, n=name, rt=runtime: engine_backend(n, export / r.file, feed, threads, rt)
     return [make() for name, make in factories.items() if names is None or name in names]
 
 
 def artifact_metrics(run: Path, export: Path | None) -> dict[str, float]:
-    """The task's primary test metric of the run (PyTorch) and of each gated artifact."""
+    """The task's primary test metric of the run (PyTorch) and of each gated artifact, on every runtime."""
+    from peftstd.runtime.engines import RUNTIMES
+    from peftstd.runtime.folders import ExportFolder, RunFolder
     from peftstd.tasks import PRIMARY_METRIC
 
-    primary = PRIMARY_METRIC[json.loads((run / "manifest.json").read_text())["task"]["type"]]
-    metrics = {"pytorch-fp32": json.loads((run / "metrics.json").read_text())["test"][primary]}
+    folder = RunFolder(run)
+    metrics = {"pytorch-fp32": folder.metrics["test"][PRIMARY_METRIC[folder.task]]}
     if export is not None:
-        for record in json.loads((export / "export.json").read_text())["gate"]["artifacts"]:
-            metrics[f"onnxruntime-{record['artifact']}"] = record["value"]
+        for record in ExportFolder(export).record.gate.artifacts:
+            metrics.update({f"{runtime}-{record.artifact}": record.value for runtime in RUNTIMES})
     return metrics
 
 
@@ -77,13 +86,15 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
     from rich.table import Table
     from tqdm.auto import tqdm
 
-    from peftstd.bench.timing import fixed_length_feed, interleaved, summary
     from peftstd.export.merge import merge
-    from peftstd.run.load import load_run
     from peftstd.run.manifest import hardware, package_versions
+    from peftstd.runtime.load import load_run
+    from peftstd.runtime.timing import fixed_length_feed, interleaved, summary
 
     run, export = resolve_target(target)
-    task = json.loads((run / "manifest.json").read_text())["task"]["type"]
+    from peftstd.runtime.folders import RunFolder
+
+    task = RunFolder(run).task
     if task in GENERATIVE_TASKS:
         raise UserError(f"peftstd bench times single forward passes of encoder tasks; for this {task} run, time generation with "
                         f"`python bench/generate_speed.py {run} EXPORT_DIR`")
@@ -94,7 +105,7 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
     threads = torch.get_num_threads()
     loaded = load_run(run)
     model, _ = merge(loaded.model)
-    texts = [prediction_text(json.loads(line)) for line in (run / "predictions" / "test.jsonl").read_text().splitlines()]
+    texts = [prediction_text(record) for record in RunFolder(run).test_predictions()]
     metrics = artifact_metrics(run, export)
     result = {"command": shlex.join(sys.argv), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "target": str(target), "machine": hardware(), "versions": package_versions(), "threads": threads,

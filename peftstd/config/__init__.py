@@ -1,6 +1,6 @@
 """The recipe standard: schema, loading, overrides and the generated docs.
 
-Names are resolved lazily: method modules import `peftstd.config.section`, and the schema
+Names are resolved lazily: method modules import `peftstd.basics.section`, and the schema
 imports the method modules, so this package must not import the schema on its own import.
 """
 

@@ -32,7 +32,7 @@ def field_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str,
     return rows
 
 
-def defaults_markdown() -> str:
+def defaults_markdown(more: tuple[tuple[str, type[BaseModel]], ...] = ()) -> str:
     lines = [
         f"# The peftstd recipe standard, schema {SCHEMA_VERSION}",
         "",
@@ -52,10 +52,10 @@ def defaults_markdown() -> str:
     lines += ["", "## Every key, its type and its default", ""]
     lines += key_table(RecipeConfig)
     from peftstd.config.pretrain import PretrainConfig
-    from peftstd.export.profile import ExportProfile
 
     lines += ["", "## Pretraining configs (`recipes/pretrain.py`)", ""] + key_table(PretrainConfig)
-    lines += ["", "## Export profiles (`peftstd export --profile`, `export/*.yaml`)", ""] + key_table(ExportProfile)
+    for heading, schema in more:
+        lines += ["", f"## {heading}", ""] + key_table(schema)
     return "\n".join(lines) + "\n"
 
 

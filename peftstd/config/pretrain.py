@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from peftstd.basics.section import Section
 from peftstd.config.schema import SCHEMA_VERSION, DataSection, ModelSection, OutputSection, TrainingSection
-from peftstd.config.section import Section
 from peftstd.methods.lora import LoraSection
 
 # Small architectures for pretraining from scratch, by name (any model config.json file works too).

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 SCHEMA_VERSION = "1.0"
 
-from peftstd.config.section import Section
+from peftstd.basics.section import Section
 from peftstd.methods.adalora import AdaLoraSection
 from peftstd.methods.adapter import AdapterSection
 from peftstd.methods.full import FullSection

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.request
 from pathlib import Path
 
+from peftstd.basics.atomic import atomic_path
+from peftstd.basics.hashing import sha256_file
 from peftstd.errors import DataError
-from peftstd.run.atomic import atomic_path
 
 
 def cache_dir() -> Path:
@@ -16,14 +16,6 @@ def cache_dir() -> Path:
     if os.environ.get("PEFTSTD_CACHE"):
         return Path(os.environ["PEFTSTD_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "peftstd"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(url: str, sha256: str, filename: str) -> Path:

@@ -3,7 +3,6 @@ like a run (the task's metrics with bootstrap intervals), next to each member on
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +13,16 @@ from peftstd.errors import UserError
 
 def check_members(predictors: list, split: str, own_data: bool) -> list[str]:
     """The members' shared labels; they must share them, and (on their own data) the very same examples of `split`."""
-    first = predictors[0].run_dir
-    labels = json.loads((first / "labels.json").read_text())
-    for member in predictors[1:]:
-        other = json.loads((member.run_dir / "labels.json").read_text())
+    from peftstd.runtime.folders import RunFolder
+
+    runs = [RunFolder(p.run_dir) for p in predictors]
+    labels = runs[0].labels
+    for member, run in zip(predictors[1:], runs[1:]):
+        other = run.labels
         if other != labels:
             raise UserError(f"{member.name} predicts labels {other}, {predictors[0].name} predicts {labels}; members must share labels")
         if own_data:
-            hashes = [json.loads((m.run_dir / "manifest.json").read_text())["data"]["sha256"][split] for m in (predictors[0], member)]
+            hashes = [r.manifest.data.sha256[split] for r in (runs[0], run)]
             if hashes[0] != hashes[1]:
                 raise UserError(f"{member.name} was trained on another {split} split than {predictors[0].name}; give --data to evaluate both on the same examples")
     return labels

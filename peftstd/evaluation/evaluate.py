@@ -5,7 +5,6 @@ PyTorch runs and ONNX artifacts go through the same batching and metric code, so
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,41 +25,41 @@ class Predictor:
 
 
 def predictor(target: Path, artifact: str | None) -> Predictor:
-    from peftstd.export.inference import onnx_logits, onnx_session, torch_logits
-    from peftstd.run.load import load_run
+    from peftstd.runtime.engines import open_engine
+    from peftstd.runtime.folders import ExportFolder, RunFolder
+    from peftstd.runtime.inference import engine_logits, torch_logits
+    from peftstd.runtime.load import load_run
 
-    if (target / "export.json").is_file():
-        report = json.loads((target / "export.json").read_text())
+    if ExportFolder.is_export(target):
         from transformers import AutoTokenizer
 
-        from peftstd.export.predict import artifact_path
-
-        file = artifact or "model.onnx"
-        tokenizer, session = AutoTokenizer.from_pretrained(target), onnx_session(artifact_path(target, file))
-        return Predictor(f"{target.name}/{file}", Path(report["source_run"]),
-                         lambda data: onnx_logits(session, tokenizer, data, 32, report["max_length"]))
-    if (target / "manifest.json").is_file():
-        if artifact:
-            raise UserError("--artifact applies to export folders only")
-        loaded = load_run(target)
-        max_length = json.loads((target / "manifest.json").read_text())["data"]["max_length"]
-        return Predictor(target.name, target, lambda data: torch_logits(loaded.model, loaded.tokenizer, data, 32, max_length))
-    raise UserError(f"{str(target)!r} is neither a finished run (manifest.json) nor an export folder (export.json)")
+        export = ExportFolder(target)
+        record = export.artifact(artifact or "fp32")
+        engine = open_engine(export.artifact_path(record.artifact), disabled_optimizers=export.disabled_optimizers)
+        tokenizer = AutoTokenizer.from_pretrained(target)
+        return Predictor(f"{target.name}/{record.file}", export.source_run.path,
+                         lambda data: engine_logits(engine, tokenizer, data, 32, export.max_length))
+    if artifact:
+        raise UserError("--artifact applies to export folders only")
+    run = RunFolder(target)
+    loaded = load_run(target)
+    return Predictor(target.name, target, lambda data: torch_logits(loaded.model, loaded.tokenizer, data, 32, run.max_length))
 
 
 def evaluation_data(run_dir: Path, data_spec: str | None, split: str):
     """The labelled examples to score: a split of the run's own data, or every row of another source."""
     from peftstd.config import load_config
     from peftstd.data.sources import read_source
-    from peftstd.export.heldout import run_splits, task_data
+    from peftstd.runtime.folders import RunFolder
+    from peftstd.runtime.taskdata import run_splits, task_data
     from peftstd.tasks import get_task
 
-    labels = json.loads((run_dir / "labels.json").read_text())
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    if manifest["task"]["type"] != "text-classification":
-        raise UserError(f"peftstd eval supports text-classification runs so far; this run is {manifest['task']['type']}")
+    run = RunFolder(run_dir)
+    labels = run.labels
+    if run.task != "text-classification":
+        raise UserError(f"peftstd eval supports text-classification runs so far; this run is {run.task}")
     if data_spec is None:
-        cfg, splits = run_splits(run_dir, manifest)  # sha256-checked
+        cfg, splits = run_splits(run_dir, run.raw_manifest)  # sha256-checked
         rows = dict(splits.items())[split]
         source = f"{cfg.data.source} [{split}]"
     else:

@@ -130,7 +130,7 @@ def pick_examples(probabilities, label_ids, n: int) -> dict[str, list[int]]:
 
 def explain_data(loaded, data, n: int, steps: int, max_length: int) -> list[tuple[str, list[dict]]]:
     """Predict every example of `data`, then explain the ones `pick_examples` chooses, section by section."""
-    from peftstd.export.inference import torch_logits
+    from peftstd.runtime.inference import torch_logits
 
     logits = torch.from_numpy(torch_logits(loaded.model, loaded.tokenizer, data, 32, max_length))
     chosen = pick_examples(torch.softmax(logits, -1).numpy(), data.label_ids, n)

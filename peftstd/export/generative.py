@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from peftstd.runtime.engines import load_generative, quiet
 from peftstd.tasks.base import IGNORE
 
 INT8_BLOCK = 32  # weights per int8 scale
@@ -46,35 +47,6 @@ def export_folder(model, tokenizer, folder: Path, task_name: str, kv_cache: bool
     tokenizer.save_pretrained(folder)
     return {"exporter": "optimum onnx_export_from_model", "optimum_task": OPTIMUM_TASKS[task_name, kv_cache],
             "kv_cache": kv_cache, "files": sorted(p.name for p in folder.glob("*.onnx"))}
-
-
-@contextlib.contextmanager
-def quiet():
-    """Library warnings off: the tracer's, optimum's and the quantizer's notes are expected here, and the
-    gate reports what matters."""
-    import logging
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(logging.NOTSET)
-
-
-def load_artifact(folder: Path, task, kv_cache: bool, spinning: bool = True):
-    """The artifact as optimum's ORTModel class of its task, on ONNX Runtime's CPU provider; benchmarks
-    turn thread spinning off (see `inference.onnx_session`)."""
-    import onnxruntime as ort
-    import optimum.onnxruntime
-
-    options = ort.SessionOptions()
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    auto = getattr(optimum.onnxruntime, task.ort_model)
-    return auto.from_pretrained(folder, provider="CPUExecutionProvider", use_cache=kv_cache, session_options=options)
 
 
 def quantize_folder(source: Path, folder: Path) -> dict:
@@ -196,7 +168,7 @@ def run_stages(loaded, cfg, splits, task, profile, stages, report: dict, folder:
             report["stages"]["quantize"] = {"artifacts": {"int8-weights": quantize_folder(folder, folder / "int8")}}
 
     with stages.stage("verify"):
-        loaded_artifacts = {name: load_artifact(path, task, profile.kv_cache) for name, path in artifacts.items()}
+        loaded_artifacts = {name: load_generative(path, task, profile.kv_cache) for name, path in artifacts.items()}
         scores = teacher_forced(exported, loaded_artifacts, test_loader, task.label_shift)
         decoding = greedy_agreement(task, exported, loaded_artifacts, tokenizer, splits.test[: profile.generation_samples],
                                     cfg.generation.max_new_tokens, max_length)

@@ -7,7 +7,7 @@ half an artifact. A failed gate still writes the folder, with `export.json` mark
 from __future__ import annotations
 
 import contextlib
-import json
+import datetime
 import os
 import sys
 import tempfile
@@ -41,9 +41,9 @@ def check_request(run_dir: Path, profile: ExportProfile) -> None:
     """Everything a user can get wrong, before any model loads."""
     if not run_dir.is_dir():
         raise UserError(f"run directory {str(run_dir)!r} does not exist")
-    if not (run_dir / "manifest.json").is_file():
-        raise UserError(f"{str(run_dir)!r} is not a finished run (no manifest.json); finish or resume it first")
-    task = json.loads((run_dir / "manifest.json").read_text())["task"]["type"]
+    from peftstd.runtime.folders import RunFolder
+
+    task = RunFolder(run_dir).task
     if task not in EXPORTABLE_TASKS:
         raise UserError(f"peftstd export supports {', '.join(EXPORTABLE_TASKS)} runs; this run is {task}")
     if profile.prune and task != "text-classification":
@@ -85,13 +85,13 @@ def export_run(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
 
 
 def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
-    from peftstd.export.heldout import run_splits, task_data
-    from peftstd.export.inference import onnx_logits, onnx_session, torch_logits
     from peftstd.export.merge import max_abs_difference, merge
     from peftstd.export.onnx_export import export_onnx, op_histogram, optimize_graph
     from peftstd.export.verify import judge, metric_points, worst_initializer
-    from peftstd.run.load import load_run
     from peftstd.run.manifest import hardware
+    from peftstd.runtime.inference import onnx_logits, onnx_session, torch_logits
+    from peftstd.runtime.load import load_run
+    from peftstd.runtime.taskdata import run_splits, task_data
     from peftstd.tasks import get_task
 
     check_request(run_dir, profile)
@@ -206,12 +206,13 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
 def finish(folder: Path, report: dict, passed: bool, task, max_length: int, labels: list[str], ops: dict, stages: Stages,
            run_dir: Path) -> int:
     """labels.json, export.json (with the sha256 of every file) and the export card; the exit code."""
-    from peftstd.data.cache import sha256_file
-    from peftstd.run.atomic import write_json, write_text
+    from peftstd.basics.atomic import write_json, write_text
+    from peftstd.basics.hashing import sha256_file
     from peftstd.run.card import render_export_card
 
     write_json(folder / "labels.json", labels)
-    report.update({"status": "passed" if passed else "failed", "task": task.name, "max_length": max_length, "ops": ops,
+    report.update({"status": "passed" if passed else "failed", "task": task.name,
+                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "max_length": max_length, "ops": ops,
                    "timings_s": stages.timings,
                    "files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}})
     write_json(folder / "export.json", report)
@@ -222,7 +223,7 @@ def finish(folder: Path, report: dict, passed: bool, task, max_length: int, labe
 
 def write_export(out_dir: Path, report: dict, fill) -> int:
     """`fill` builds the export in a temporary folder that then replaces `out_dir`; the gate table follows."""
-    from peftstd.run.atomic import replace_dir
+    from peftstd.basics.atomic import replace_dir
 
     result = {}
     replace_dir(out_dir, lambda folder: result.setdefault("code", fill(folder)))
@@ -240,8 +241,8 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
     import numpy as np
 
     from peftstd.export import quantize
-    from peftstd.export.inference import batches, onnx_logits, onnx_session
     from peftstd.export.verify import metric_points
+    from peftstd.runtime.inference import batches, onnx_logits, onnx_session
 
     work = Path(tempfile.mkdtemp(dir=Path.cwd()))  # inside the export's scratch directory
     prepared = quantize.preprocess(fp32_path, work / "prepared.onnx")

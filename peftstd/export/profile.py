@@ -8,8 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError
 
+from peftstd.basics.section import Section
 from peftstd.config.load import describe
-from peftstd.config.section import Section
 from peftstd.errors import ConfigError
 
 

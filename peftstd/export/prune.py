@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from peftstd.errors import UserError
-from peftstd.export.heldout import TaskData
-from peftstd.export.inference import batches
+from peftstd.runtime.inference import batches
+from peftstd.runtime.taskdata import TaskData
 
 FLOPS_SEQUENCE = 128  # attention cost per head depends on sequence length; counted at 128 tokens
 

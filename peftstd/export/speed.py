@@ -11,8 +11,8 @@ def speed_check(model, tokenizer, texts: list[str], artifacts: dict[str, Path], 
                 disabled_optimizers: list[str], batches=(1, 8), repeats: int = 10) -> dict:
     import torch
 
-    from peftstd.bench.backends import onnx_backend, torch_backend
-    from peftstd.bench.timing import fixed_length_feed, interleaved, summary
+    from peftstd.runtime.backends import onnx_backend, torch_backend
+    from peftstd.runtime.timing import fixed_length_feed, interleaved, summary
 
     sequence, threads = min(128, max_length), torch.get_num_threads()
     rows = []

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from peftstd.config.section import Section
+from peftstd.basics.section import Section
 from peftstd.errors import ConfigError
 from peftstd.methods.lora import PeftMethod
 

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from peftstd.config.section import Section
+from peftstd.basics.section import Section
 from peftstd.errors import ConfigError
 from peftstd.methods.base import Method
 

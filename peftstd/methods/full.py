@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from peftstd.config.section import Section
+from peftstd.basics.section import Section
 from peftstd.methods.base import Method
 
 

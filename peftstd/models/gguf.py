@@ -18,7 +18,8 @@ def convert_gguf(folder: Path, filename: str, name: str) -> Path:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from peftstd.data.cache import cache_dir, sha256_file
+    from peftstd.basics.hashing import sha256_file
+    from peftstd.data.cache import cache_dir
 
     digest = sha256_file(folder / filename)
     target = cache_dir() / "models" / f"{name}-{digest[:12]}"

@@ -113,7 +113,7 @@ def download_from_hub(repo_id: str, revision: str | None) -> Path:
 
 def weights_sha256(path: Path) -> dict[str, str]:
     """sha256 of every weight file of the base model, for the manifest."""
-    from peftstd.data.cache import sha256_file
+    from peftstd.basics.hashing import sha256_file
 
     return {p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.suffix in WEIGHT_SUFFIXES}
 

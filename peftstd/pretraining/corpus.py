@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from peftstd.tasks.base import EncodedSplit
 
-
 IS_NEXT, RANDOM_NEXT = 0, 1  # BERT's next_sentence_label: 0 when sequence B continues sequence A
 
 

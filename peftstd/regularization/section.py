@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from peftstd.config.section import Section
+from peftstd.basics.section import Section
 
 AugmentOperation = Literal["delete", "swap", "insert"]
 

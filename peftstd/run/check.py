@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from peftstd.data.cache import sha256_file
+from peftstd.basics.hashing import sha256_file
 
 RUN_FILES = ("config.yaml", "manifest.json", "metrics.json", "labels.json", "report.md", "predictions/test.jsonl")
 

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from peftstd.data.cache import sha256_file
+from peftstd.basics.atomic import replace_dir, write_json
+from peftstd.basics.hashing import sha256_file
 from peftstd.errors import UserError
-from peftstd.run.atomic import replace_dir, write_json
 
 PREFIX = "step-"
 CHECKSUMS = "checksums.json"

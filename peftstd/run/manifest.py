@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from peftstd import __version__
+from peftstd.basics.hashing import sha256_file
 from peftstd.config.schema import SCHEMA_VERSION
-from peftstd.data.cache import sha256_file
 from peftstd.training.precision import cpu_flags
 
 PACKAGES = (

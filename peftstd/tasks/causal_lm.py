@@ -3,7 +3,6 @@ the response tokens only, optional packing. Metrics: see `GenerativeTask`."""
 
 from __future__ import annotations
 
-
 import torch
 
 from peftstd.data.examples import PromptExample

@@ -3,7 +3,6 @@ accuracy and macro/micro precision/recall/F1 (scikit-learn)."""
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from peftstd.data.examples import Example, Splits

@@ -54,8 +54,8 @@ def squad_scores(predictions: list[str], rows: list[QAExample]) -> dict[str, flo
     return {key: float(np.mean([s[key] for s in scores])) for key in ("exact_match", "f1")}
 
 
-def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list, max_answer_tokens: int) -> tuple[float, int, int] | None:
-    """(score, first char, end char) of the best span inside the context of one window, or None."""
+def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list, max_answer_tokens: int) -> tuple[float, int, int, int, int] | None:
+    """(score, first char, end char, first token, last token) of the best span inside the context of one window, or None."""
     best, ends = None, np.argsort(end_logits)[::-1][:N_BEST]
     for start in np.argsort(start_logits)[::-1][:N_BEST]:
         for end in ends:
@@ -65,7 +65,7 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list, m
                 continue
             score = float(start_logits[start] + end_logits[end])
             if best is None or score > best[0]:
-                best = (score, offsets[start][0], offsets[end][1])
+                best = (score, offsets[start][0], offsets[end][1], int(start), int(end))
     return best
 
 

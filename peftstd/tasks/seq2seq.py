@@ -4,7 +4,6 @@ inputs). Data: the prompt/response columns hold source/target. Metrics: see `Gen
 
 from __future__ import annotations
 
-
 from peftstd.data.examples import PromptExample
 from peftstd.errors import ConfigError
 from peftstd.tasks.base import IGNORE, EncodedSplit

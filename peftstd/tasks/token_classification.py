@@ -3,7 +3,6 @@ the first word piece of each word, entity-level precision/recall/F1 with seqeval
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from peftstd.data.examples import Splits, TokenExample

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from peftstd.export.inference import output_array
+from peftstd.runtime.inference import output_array
 
 
 @dataclass
@@ -52,14 +52,18 @@ def torch_compile_backend(name: str, model, feed: dict[str, np.ndarray], device:
     return backend
 
 
-def onnx_backend(name: str, path: Path, feed: dict[str, np.ndarray], threads: int,
-                 disabled_optimizers: list[str] | None = None) -> Backend:
-    """`disabled_optimizers` unset: the session settings recorded in the artifact's export.json."""
-    from peftstd.export.inference import onnx_session, run_session
+def engine_backend(name: str, path: Path, feed: dict[str, np.ndarray], threads: int, runtime: str = "onnxruntime",
+                   disabled_optimizers: list[str] | None = None) -> Backend:
+    """An artifact on ONNX Runtime or OpenVINO; `disabled_optimizers` unset: the session settings recorded in
+    the artifact's export.json."""
+    from peftstd.runtime.engines import open_engine
 
     # Interleaved with other backends: no busy-waiting threads left behind to slow the next one down.
-    session = onnx_session(path, threads, disabled_optimizers, spinning=False)  # raises unless the CPU provider really runs it
-    names = {i.name for i in session.get_inputs()}
-    inputs = {k: v for k, v in feed.items() if k in names}
-    return Backend(name, lambda: run_session(session, inputs), f"onnxruntime {session.get_providers()[0]}, {threads} threads",
-                   path.stat().st_size / 2**20)
+    engine = open_engine(path, runtime, threads, disabled_optimizers, spinning=False)  # ORT: raises unless the CPU provider runs it
+    inputs = {k: v for k, v in feed.items() if k in engine.input_names}
+    return Backend(name, lambda: engine.run(inputs), engine.device, path.stat().st_size / 2**20)
+
+
+def onnx_backend(name: str, path: Path, feed: dict[str, np.ndarray], threads: int,
+                 disabled_optimizers: list[str] | None = None) -> Backend:
+    return engine_backend(name, path, feed, threads, "onnxruntime", disabled_optimizers)

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from peftstd.bench.backends import Backend
+from peftstd.runtime.backends import Backend
 
 
 def interleaved(backends: list[Backend], repeats: int, warmup: int = 3) -> dict[str, list[float]]:

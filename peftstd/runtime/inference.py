@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from peftstd.export.heldout import TaskData
+from peftstd.runtime.taskdata import TaskData
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -71,16 +71,6 @@ def torch_logits(model, tokenizer, data: TaskData, batch_size: int, max_length: 
     return stack(out, max_length)
 
 
-def runtime_settings(export_dir: Path) -> dict:
-    """The ONNX Runtime session settings an export was verified and benchmarked with (export.json `runtime`)."""
-    record = export_dir / "export.json"
-    if not record.is_file():
-        return {}
-    import json
-
-    return json.loads(record.read_text()).get("runtime", {})
-
-
 def onnx_session(path: Path, threads: int | None = None, disabled_optimizers: list[str] | None = None, spinning: bool = True):
     """A CPU session; `disabled_optimizers` defaults to those recorded in the artifact's export.json.
 
@@ -90,7 +80,10 @@ def onnx_session(path: Path, threads: int | None = None, disabled_optimizers: li
     import onnxruntime as ort
 
     if disabled_optimizers is None:
-        disabled_optimizers = runtime_settings(Path(path).parent).get("disabled_optimizers", [])
+        from peftstd.runtime.folders import ExportFolder
+
+        folder = Path(path).parent
+        disabled_optimizers = ExportFolder(folder).disabled_optimizers if ExportFolder.is_export(folder) else []
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if not spinning:
@@ -102,6 +95,11 @@ def onnx_session(path: Path, threads: int | None = None, disabled_optimizers: li
     if actual[0] != "CPUExecutionProvider":
         raise RuntimeError(f"asked for CPUExecutionProvider, ONNX Runtime gave {actual}")
     return session
+
+
+def engine_logits(engine, tokenizer, data: TaskData, batch_size: int, max_length: int) -> np.ndarray:
+    """`onnx_logits` through a `runtime.engines.Engine` (ONNX Runtime or OpenVINO)."""
+    return stack([engine(batch) for batch in batches(tokenizer, data, batch_size, max_length)], max_length)
 
 
 def onnx_logits(session, tokenizer, data: TaskData, batch_size: int, max_length: int) -> np.ndarray:

@@ -1,0 +1,104 @@
+"""Engines that run an exported ONNX artifact: ONNX Runtime (the reference) and OpenVINO, behind one call
+(`feed -> outputs`), and optimum's ORTModel classes for the generative exports.
+
+OpenVINO reads the same ONNX files: it runs the static-int8 QDQ artifact with int8 kernels on CPUs with VNNI/AMX,
+and its results do not depend on what else is in the batch. Its CPU plugin would run fp32 models in bf16 on
+such CPUs by default, so the precision hint is pinned to f32: the gate verified fp32 results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from peftstd.errors import UserError
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+@dataclass
+class Engine:
+    """One loaded artifact: `run(feed)` gives the outputs `inference.run_session` gives (logits, or start and
+    end logits stacked on a last axis)."""
+
+    runtime: str
+    path: Path
+    input_names: set[str]
+    run: Callable[[dict[str, np.ndarray]], np.ndarray]
+    device: str
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.run({k: v for k, v in feed.items() if k in self.input_names})
+
+
+def open_engine(path: Path, runtime: str = "onnxruntime", threads: int | None = None,
+                disabled_optimizers: list[str] | None = None, spinning: bool = True) -> Engine:
+    if runtime == "onnxruntime":
+        from peftstd.runtime.inference import onnx_session, run_session
+
+        session = onnx_session(path, threads, disabled_optimizers, spinning)
+        return Engine(runtime, Path(path), {i.name for i in session.get_inputs()}, lambda feed: run_session(session, feed),
+                      f"onnxruntime {session.get_providers()[0]}" + (f", {threads} threads" if threads else ""))
+    if runtime == "openvino":
+        return openvino_engine(Path(path), threads)
+    raise UserError(f"unknown runtime {runtime!r}; allowed: {', '.join(RUNTIMES)}")
+
+
+def openvino_engine(path: Path, threads: int | None = None) -> Engine:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise UserError("the openvino runtime needs the `openvino` package (pip install openvino)") from None
+    from peftstd.runtime.inference import SPAN_OUTPUTS
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    names = [o.get_any_name() for o in compiled.outputs]
+    wanted = list(SPAN_OUTPUTS) if SPAN_OUTPUTS[0] in names else ["logits"]
+    request = compiled.create_infer_request()  # one per engine: each engine is driven by one thread at a time
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        result = request.infer(feed)
+        outputs = [np.array(result[compiled.output(name)]) for name in wanted]
+        return outputs[0] if len(outputs) == 1 else np.stack(outputs, axis=-1)
+
+    inputs = {i.get_any_name() for i in compiled.inputs}
+    return Engine("openvino", path, inputs, run, f"openvino {ov.__version__} CPU" + (f", {threads} threads" if threads else ""))
+
+
+@contextlib.contextmanager
+def quiet():
+    """Library warnings off: the tracer's, optimum's and the quantizer's notes are expected here, and the
+    gate reports what matters."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def load_generative(folder: Path, task, kv_cache: bool, spinning: bool = True, threads: int | None = None):
+    """A causal-LM or seq2seq artifact as optimum's ORTModel class of its task, on ONNX Runtime's CPU
+    provider; benchmarks turn thread spinning off (see `inference.onnx_session`)."""
+    import onnxruntime as ort
+    import optimum.onnxruntime
+
+    options = ort.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+    auto = getattr(optimum.onnxruntime, task.ort_model)
+    return auto.from_pretrained(folder, provider="CPUExecutionProvider", use_cache=kv_cache, session_options=options)

@@ -1,0 +1,241 @@
+"""One typed reader for run directories and export folders: what a finished run and a passed export are is
+decided here, once, instead of by `json.loads` in every command.
+
+The records are pydantic models over the files the recipes and the export pipeline write. They type the keys
+commands read and keep the rest (`extra="allow"`), so a newer writer never breaks an older reader.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from peftstd.errors import UserError
+
+GENERATIVE = ("causal-lm", "seq2seq")
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TaskRecord(Record):
+    type: str
+    settings: dict[str, Any] | None = None
+
+
+class MethodRecord(Record):
+    name: str
+
+
+class BaseModelRecord(Record):
+    path: str
+
+
+class DataRecord(Record):
+    max_length: int
+    sha256: dict[str, str] = {}
+
+
+class Manifest(Record):
+    """manifest.json of a finished run (the keys peftstd reads back)."""
+
+    task: TaskRecord
+    method: MethodRecord
+    base_model: BaseModelRecord
+    data: DataRecord
+
+
+class GateArtifact(Record):
+    artifact: str
+    file: str
+    passed: bool
+    value: float
+    drop_points: float
+
+
+class Gate(Record):
+    metric: str
+    trained_metric: float
+    examples: int
+    budget_points: float
+    artifacts: list[GateArtifact]
+
+
+class ExportRecord(Record):
+    """export.json of an export folder (the keys peftstd reads back)."""
+
+    source_run: str
+    task: str
+    status: str
+    max_length: int
+    gate: Gate
+    runtime: dict[str, Any] = {}
+    stages: dict[str, Any] = {}
+    task_settings: dict[str, Any] | None = None
+    files: dict[str, str] = {}
+    created: str | None = None
+
+
+def read_record(path: Path, model: type[Record]) -> Record:
+    """A JSON file parsed into `model`, or a one-line error naming the file and the first problem."""
+    try:
+        return model.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as error:
+        if isinstance(error, ValidationError):
+            first = error.errors()[0]
+            detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        else:
+            detail = str(error).splitlines()[0]
+        raise UserError(f"{str(path)!r} is not a readable {model.__name__} ({detail})") from None
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"{str(path)!r} is not readable JSON ({str(error).splitlines()[0]})") from None
+
+
+class RunFolder:
+    """A finished run directory: it has manifest.json (written last, when the run ends) and labels.json."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "manifest.json").is_file():
+            raise UserError(f"{str(self.path)!r} is not a finished run directory (no manifest.json); finish or resume it first")
+
+    @staticmethod
+    def is_run(path: Path) -> bool:
+        return (Path(path) / "manifest.json").is_file()
+
+    @cached_property
+    def manifest(self) -> Manifest:
+        return read_record(self.path / "manifest.json", Manifest)
+
+    @cached_property
+    def raw_manifest(self) -> dict:
+        return read_json(self.path / "manifest.json")
+
+    @cached_property
+    def labels(self) -> list[str]:
+        return read_json(self.path / "labels.json")
+
+    @cached_property
+    def metrics(self) -> dict:
+        return read_json(self.path / "metrics.json")
+
+    @property
+    def task(self) -> str:
+        return self.manifest.task.type
+
+    @property
+    def max_length(self) -> int:
+        return self.manifest.data.max_length
+
+    def test_predictions(self) -> list[dict]:
+        path = self.path / "predictions" / "test.jsonl"
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class ExportFolder:
+    """An export folder: export.json, labels.json, the tokenizer and the artifacts the gate judged."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "export.json").is_file():
+            raise UserError(f"{str(self.path)!r} is not an export folder (no export.json); make one with `peftstd export RUN`")
+
+    @staticmethod
+    def is_export(path: Path) -> bool:
+        return (Path(path) / "export.json").is_file()
+
+    @cached_property
+    def record(self) -> ExportRecord:
+        return read_record(self.path / "export.json", ExportRecord)
+
+    @cached_property
+    def raw(self) -> dict:
+        return read_json(self.path / "export.json")
+
+    @cached_property
+    def labels(self) -> list[str]:
+        return read_json(self.path / "labels.json")
+
+    @property
+    def task(self) -> str:
+        return self.record.task
+
+    @property
+    def generative(self) -> bool:
+        return self.task in GENERATIVE
+
+    @property
+    def passed(self) -> bool:
+        return self.record.status == "passed"
+
+    @property
+    def max_length(self) -> int:
+        return self.record.max_length
+
+    @property
+    def source_run(self) -> RunFolder:
+        return RunFolder(self.record.source_run)
+
+    @property
+    def disabled_optimizers(self) -> list[str]:
+        """The ONNX Runtime session settings the gate verified the artifacts with (export.json `runtime`)."""
+        return list(self.record.runtime.get("disabled_optimizers", []))
+
+    @property
+    def kv_cache(self) -> bool:
+        return bool(self.record.stages.get("onnx", {}).get("kv_cache", True))
+
+    @property
+    def created(self) -> str:
+        """When the export was written: export.json's own field, else its modification time."""
+        if self.record.created:
+            return self.record.created
+        mtime = (self.path / "export.json").stat().st_mtime
+        return datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).isoformat(timespec="seconds")
+
+    def artifacts(self) -> dict[str, GateArtifact]:
+        """Gate records by artifact kind ('fp32', 'int8-dynamic', ...)."""
+        return {a.artifact: a for a in self.record.gate.artifacts}
+
+    def artifact(self, name: str) -> GateArtifact:
+        """The gate record of an artifact named by kind ('int8-static'), file ('model.int8.onnx') or 'int8'
+        (the export's int8 artifact: static first, since its results do not depend on the batch)."""
+        records = self.artifacts()
+        by_file = {a.file: a for a in records.values()}
+        if name == "int8":
+            name = next((k for k in ("int8-static", "int8-dynamic", "int8-weights", "int8-qdq") if k in records), name)
+        found = records.get(name) or by_file.get(name) or (records.get("fp32") if name == "model.onnx" else None)
+        if found is None:
+            allowed = ", ".join(sorted(records) + sorted(by_file))
+            raise UserError(f"{name!r} is not an artifact of {str(self.path)!r}; artifacts here: {allowed}")
+        return found
+
+    def artifact_path(self, name: str) -> Path:
+        """The file (or, for generative int8, the folder) of an artifact; the export's files must be there."""
+        record = self.artifact(name)
+        path = self.path / record.file  # generative artifacts are folders ('.' and 'int8')
+        if not path.exists():
+            raise UserError(f"artifact {record.artifact} ({str(path)!r}) is missing from the export folder")
+        return path
+
+
+def open_target(path: str | Path) -> tuple[RunFolder, ExportFolder | None]:
+    """(run, export or None) for a path that is a run directory or an export folder."""
+    path = Path(path)
+    if ExportFolder.is_export(path):
+        export = ExportFolder(path)
+        return export.source_run, export
+    if RunFolder.is_run(path):
+        return RunFolder(path), None
+    raise UserError(f"{str(path)!r} is neither a finished run (manifest.json) nor an export folder (export.json)")

@@ -1,0 +1,171 @@
+"""Dynamic batching for text: one worker per model forms batches from its queue by length under a token budget.
+
+Requests arrive tokenized (tokenization runs on arrival, in a thread pool, off the event loop). When the model
+is free, the worker takes the oldest waiting input (so nothing starves) and fills the batch with the waiting
+inputs nearest to it in length, while the batch stays within `max_batch_size` rows and `max_batch_tokens`
+padded tokens (rows x the longest row): short requests do not pay for a long one's padding. `max_wait_ms`
+(default 0) lets a batch wait for more. Inputs whose deadline passed or whose client went away are dropped
+before they reach the model. The model runs in a thread of its own, so the event loop keeps accepting.
+
+Written here rather than taken from a serving library: Triton batches only requests of one shape, and
+LitServe/BentoML/Ray Serve batch by count alone, with no token budget and no length grouping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from peftstd.runtime.predictors import Encoded, Predictor
+
+
+class QueueFull(Exception):
+    """The model's queue holds `max_queue` rows already."""
+
+
+class DeadlineExceeded(Exception):
+    """The input waited past its request's deadline and was dropped before the model."""
+
+
+@dataclass
+class Pending:
+    item: Encoded
+    future: asyncio.Future
+    deadline: float  # time.monotonic()
+    arrived: float = field(default_factory=time.monotonic)
+
+    @property
+    def rows(self) -> int:
+        return len(self.item.rows)
+
+
+@dataclass
+class BatchStats:
+    """What the worker has done, for /v1/models and the metrics."""
+
+    batches: int = 0
+    rows: int = 0
+    padded_tokens: int = 0
+    real_tokens: int = 0
+    dropped_deadline: int = 0
+    dropped_disconnected: int = 0
+    last_batch_rows: int = 0
+
+
+def plan_batch(queue: list[Pending], max_rows: int, max_tokens: int) -> list[Pending]:
+    """The oldest input, then the waiting inputs nearest to it in length, within both budgets. The oldest goes
+    in even when it alone exceeds the token budget (a long QA context): it must be served some time."""
+    oldest = queue[0]
+    chosen, rows, longest = [oldest], oldest.rows, oldest.item.length
+    for pending in sorted(queue[1:], key=lambda p: abs(p.item.length - oldest.item.length)):
+        new_rows, new_longest = rows + pending.rows, max(longest, pending.item.length)
+        if new_rows > max_rows or new_rows * new_longest > max_tokens:
+            continue
+        chosen.append(pending)
+        rows, longest = new_rows, new_longest
+        if rows == max_rows:
+            break
+    return chosen
+
+
+class ModelWorker:
+    def __init__(self, name: str, predictor: Predictor, max_batch_size: int, max_batch_tokens: int, max_queue: int,
+                 max_wait_ms: float = 0.0):
+        self.name, self.predictor = name, predictor
+        self.max_batch_size, self.max_batch_tokens, self.max_queue = max_batch_size, max_batch_tokens, max_queue
+        self.max_wait = max_wait_ms / 1000
+        self.queue: list[Pending] = []
+        self.busy = False
+        self.stats = BatchStats()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
+        self.wakeup: asyncio.Event | None = None
+        self.task: asyncio.Task | None = None
+        self.on_batch = None  # callable(rows, padded_tokens, real_tokens, seconds), set by the metrics
+
+    @property
+    def queued_rows(self) -> int:
+        return sum(p.rows for p in self.queue)
+
+    def start(self) -> None:
+        self.wakeup = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self.loop(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        self.executor.shutdown(wait=True)
+
+    def submit(self, items: list[Encoded], deadline: float) -> list[asyncio.Future]:
+        """Queue a request's inputs; all or none, so a request is never half-accepted."""
+        rows = sum(len(i.rows) for i in items)
+        if self.queued_rows + rows > self.max_queue:
+            raise QueueFull
+        loop = asyncio.get_running_loop()
+        pending = [Pending(item, loop.create_future(), deadline) for item in items]
+        self.queue.extend(pending)
+        self.wakeup.set()
+        return [p.future for p in pending]
+
+    def idle(self) -> bool:
+        return not self.queue and not self.busy
+
+    def drop_stale(self) -> None:
+        """Answer and remove inputs whose deadline passed or whose request was cancelled (client gone)."""
+        now, kept = time.monotonic(), []
+        for pending in self.queue:
+            if pending.future.done():  # cancelled: the client disconnected or the request already failed
+                self.stats.dropped_disconnected += 1
+            elif now > pending.deadline:
+                pending.future.set_exception(DeadlineExceeded())
+                self.stats.dropped_deadline += 1
+            else:
+                kept.append(pending)
+        self.queue = kept
+
+    async def loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while True:
+                self.drop_stale()
+                if not self.queue:
+                    break
+                if self.max_wait and self.queued_rows < self.max_batch_size:
+                    await asyncio.sleep(self.max_wait)
+                    self.drop_stale()
+                    if not self.queue:
+                        break
+                batch = plan_batch(self.queue, self.max_batch_size, self.max_batch_tokens)
+                taken = {id(p) for p in batch}
+                self.queue = [p for p in self.queue if id(p) not in taken]
+                self.busy = True
+                started = time.perf_counter()
+                try:
+                    results = await loop.run_in_executor(self.executor, self.predictor.run, [p.item for p in batch])
+                except Exception as error:  # noqa: BLE001 - a model failure answers its requests, the worker lives on
+                    for pending in batch:
+                        if not pending.future.done():
+                            pending.future.set_exception(error)
+                    continue
+                finally:
+                    self.busy = False
+                self.record(batch, time.perf_counter() - started)
+                for pending, result in zip(batch, results):
+                    if not pending.future.done():
+                        pending.future.set_result(result)
+
+    def record(self, batch: list[Pending], seconds: float) -> None:
+        rows = sum(p.rows for p in batch)
+        padded = rows * max(p.item.length for p in batch)
+        real = sum(len(r["input_ids"]) for p in batch for r in p.item.rows)
+        self.stats.batches += 1
+        self.stats.rows += rows
+        self.stats.padded_tokens += padded
+        self.stats.real_tokens += real
+        self.stats.last_batch_rows = rows
+        if self.on_batch:
+            self.on_batch(rows, padded, real, seconds)

@@ -1,0 +1,74 @@
+"""The `serve` settings: one typed, validated section like the recipe schema (unknown keys rejected with the
+closest name), read from `--config serve.yaml` and overridden by flags, each setting also a flag."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from peftstd.basics.section import Section
+from peftstd.errors import ConfigError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ServeConfig(Section):
+    host: str = Field("127.0.0.1", description="address to listen on; any other than loopback needs a key file")
+    port: int = Field(8000, ge=1, le=65535, description="port to listen on")
+    keys: Path | None = Field(None, description="API key file (`peftstd serve keys add`); without it every request is allowed")
+    artifact: str = Field("auto", description="artifact to serve: auto (static int8 if it passed the gate, else fp32), fp32, int8, "
+                          "or a kind/file of export.json")
+    runtime: Literal["onnxruntime", "openvino"] = Field("onnxruntime", description="engine of the encoder tasks' artifacts")
+    threads: int | None = Field(None, ge=1, description="intra-op threads per model (default: the engine's)")
+    max_batch_size: int = Field(32, ge=1, description="rows per model call at most")
+    max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per model call at most (rows x longest row)")
+    max_wait_ms: float = Field(0.0, ge=0, description="how long a batch waits for more requests; 0: take what is queued when the model is free")
+    max_queue: int = Field(512, ge=1, description="rows waiting per model at most; more is answered 503 with Retry-After")
+    deadline_ms: int = Field(30000, ge=1, description="a request not answered by then gets 504 (and is dropped before it reaches the model)")
+    max_body_bytes: int = Field(2_000_000, ge=1, description="request body size at most (413)")
+    max_inputs: int = Field(64, ge=1, description="inputs per request at most (422)")
+    max_chars: int = Field(20000, ge=1, description="characters per input text at most, checked before tokenizing (422)")
+    max_new_tokens: int = Field(48, ge=1, description="generative models: tokens generated when a request names no max_new_tokens")
+    max_new_tokens_limit: int = Field(256, ge=1, description="generative models: the largest max_new_tokens a request may ask for")
+    rate_limit: float = Field(0.0, ge=0, description="requests per second per API key (per client address without keys); 0: off")
+    rate_burst: int = Field(20, ge=1, description="requests a key may send at once above its rate")
+    drain_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long accepted requests may take before the process exits")
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM); with ssl_keyfile, serve HTTPS")
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM)")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("warning", description="uvicorn's log level")
+
+    @model_validator(mode="after")
+    def check(self) -> "ServeConfig":
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TLS needs both ssl_certfile and ssl_keyfile")
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError(f"max_new_tokens {self.max_new_tokens} exceeds max_new_tokens_limit {self.max_new_tokens_limit}")
+        for path in (self.keys, self.ssl_certfile, self.ssl_keyfile):
+            if path is not None and path != self.keys and not path.is_file():
+                raise ValueError(f"{str(path)!r} does not exist")
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK or self.host.startswith("127.")
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Every setting as a flag (`max_batch_size` -> `--max-batch-size`), defaulting to unset so the config file wins."""
+    for name, field in ServeConfig.model_fields.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=f"serve_{name}", default=None, metavar=name.upper(),
+                            help=f"{field.description} (default {field.default})")
+
+
+def load_serve_config(path: str | None, args: argparse.Namespace) -> ServeConfig:
+    from peftstd.config.load import describe, read_yaml
+
+    raw = read_yaml(path) if path else {}
+    raw.update({name: value for name in ServeConfig.model_fields if (value := getattr(args, f"serve_{name}", None)) is not None})
+    try:
+        return ServeConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"serve config: {describe(error, ServeConfig)}") from None

@@ -1,0 +1,110 @@
+"""Start-up checks, uvicorn, and the graceful shutdown: on SIGTERM (or SIGINT) readiness turns false, new requests
+get 503, every accepted request is answered, then the process exits 0 (within `drain_timeout_s`)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+from peftstd.errors import UserError
+from peftstd.serve.config import ServeConfig
+
+
+def model_names(exports: list[str]) -> dict[str, Path]:
+    """NAME=PATH, or PATH named after its folder (a run's `export/` folder after the run)."""
+    from peftstd.runtime.folders import ExportFolder
+
+    named: dict[str, Path] = {}
+    for spec in exports:
+        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        folder = Path(path)
+        ExportFolder(folder)  # one line when it is no export folder
+        name = name or (folder.resolve().parent.name if folder.resolve().name == "export" else folder.resolve().name)
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise UserError(f"model name {name!r} must be letters, digits, '-', '_' or '.'; name it with NAME=PATH")
+        if name in named:
+            raise UserError(f"two exports are named {name!r}; name them with NAME=PATH")
+        named[name] = folder
+    return named
+
+
+def check_startup(cfg: ServeConfig, exports: dict[str, Path]) -> None:
+    """What a user can get wrong, before anything loads: each export has a servable artifact, keys where needed."""
+    from peftstd.runtime.folders import ExportFolder
+    from peftstd.runtime.predictors import choose_artifact
+
+    if not cfg.loopback and cfg.keys is None:
+        raise UserError(f"serving on {cfg.host} without --keys would let anyone call the models; "
+                        "create keys with `peftstd serve keys add NAME --keys FILE` or serve on 127.0.0.1")
+    if cfg.keys is not None:
+        from peftstd.serve.keys import read_keys
+
+        if not read_keys(cfg.keys):
+            raise UserError(f"key file {str(cfg.keys)!r} holds no keys; add one with `peftstd serve keys add NAME --keys {cfg.keys}`")
+    for name, path in exports.items():
+        export = ExportFolder(path)
+        choose_artifact(export, cfg.artifact)
+        if export.generative and cfg.runtime != "onnxruntime":
+            raise UserError(f"model {name!r} is {export.task}: generative exports run on onnxruntime only")
+
+
+def serve(cfg: ServeConfig, exports: dict[str, Path]) -> int:
+    import uvicorn
+
+    from peftstd.runtime.predictors import load_predictor
+    from peftstd.serve.app import Lifecycle, RateLimiter, ServerState, create_app
+    from peftstd.serve.keys import KeyRing
+
+    check_startup(cfg, exports)
+
+    def load(name: str, path: Path):
+        predictor = load_predictor(path, cfg.artifact, cfg.runtime, cfg.threads)
+        if predictor.generative:
+            predictor.max_new_tokens, predictor.max_new_tokens_limit = cfg.max_new_tokens, cfg.max_new_tokens_limit
+        return predictor
+
+    state = ServerState(cfg, exports, load, keyring=KeyRing(cfg.keys) if cfg.keys else None,
+                        limiter=RateLimiter(cfg.rate_limit, cfg.rate_burst) if cfg.rate_limit else None)
+    app = Lifecycle(create_app(state), state)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False,
+                            ssl_certfile=str(cfg.ssl_certfile) if cfg.ssl_certfile else None,
+                            ssl_keyfile=str(cfg.ssl_keyfile) if cfg.ssl_keyfile else None,
+                            timeout_graceful_shutdown=max(1, int(cfg.drain_timeout_s)), lifespan="on")
+    server = DrainingServer(config, state)
+    scheme = "https" if cfg.ssl_certfile else "http"
+    print(f"peftstd serve: {scheme}://{cfg.host}:{cfg.port} models: {', '.join(f'{n} ({p})' for n, p in exports.items())}; "
+          f"auth {'on (' + str(cfg.keys) + ')' if cfg.keys else 'off (loopback)'}", flush=True)
+    server.run()
+    return 0 if server.drained else 1
+
+
+class DrainingServer:
+    """uvicorn's server with a drain phase before it stops: its signal handler is replaced, so the first SIGTERM
+    starts draining instead of closing the sockets (and the signal is not raised again after the exit)."""
+
+    def __new__(cls, config, state):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            drained = True
+
+            def handle_exit(self, sig, frame):
+                if state.draining:  # a second signal: stop now
+                    self.drained = False
+                    self.should_exit = self.force_exit = True
+                    return
+                state.draining = True
+                threading.Thread(target=self.drain, name="drain", daemon=True).start()
+
+            def drain(self):
+                limit = time.monotonic() + state.cfg.drain_timeout_s
+                while not state.idle() and time.monotonic() < limit:
+                    time.sleep(0.02)
+                self.drained = state.idle()
+                if not self.drained:
+                    print("peftstd serve: drain timeout passed with requests still in flight", file=sys.stderr, flush=True)
+                self.should_exit = True
+
+        return Server(config)
