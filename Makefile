@@ -23,6 +23,10 @@ demo: $(STAMP)
 	$(BIN)/peftstd export runs/latest --profile export/cpu-int8.yaml
 	$(BIN)/peftstd check runs/latest/export
 	$(BIN)/python bench/export_speed.py runs/latest runs/latest/export --out runs/latest/export/bench
+	@echo
+	@echo "Serve the demo export, then call it from another shell:"
+	@echo "  $(BIN)/peftstd serve runs/latest/export"
+	@echo "  curl -s localhost:8000/v1/models/latest/predict -d '{\"inputs\": [\"a gorgeous, moving film\"]}'"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

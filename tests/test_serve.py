@@ -428,3 +428,21 @@ def train_and_export(tmp_path_factory, name: str, rows: list[dict], overrides: l
                               capture_output=True, text=True, cwd=REPO, env=RECIPE_ENV)
     assert exported.returncode == 0, exported.stderr[-3000:]
     return out / "export"
+
+
+def test_openvino_runs_the_same_files_judged_by_the_gate(exported, start):
+    from peftstd.runtime.predictors import load_predictor
+
+    report = json.loads((exported / "export.json").read_text())
+    fp32 = next(r for r in report["gate"]["artifacts"] if r["artifact"] == "fp32")
+    assert fp32["openvino"]["parity_passed"] and fp32["openvino"]["max_abs_logit_difference"] < 1e-4
+    assert all("openvino" in r for r in report["gate"]["artifacts"])
+    reference = load_predictor(exported, "fp32").predict(TEXTS)
+    openvino = load_predictor(exported, "fp32", "openvino")
+    assert openvino.engine.runtime == "openvino"
+    got = openvino.predict(TEXTS)
+    assert max(abs(a["probabilities"][k] - b["probabilities"][k]) for a, b in zip(reference, got) for k in a["probabilities"]) < 1e-4
+    server = start(f"m={exported}", "--runtime", "openvino")
+    listing = httpx.get(f"{server.url}/v1/models/m").json()
+    assert listing["runtime"] == "openvino" and listing["device"].startswith("openvino")
+    assert predict(server, "m", TEXTS[:2]).status_code == 200

@@ -171,6 +171,12 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
                 report["stages"]["tensorrt"] = build_engine(source, folder / "model.plan", int8="int8-qdq" in artifacts)
 
         with stages.stage("verify"):
+            import importlib.util
+
+            from peftstd.runtime.engines import open_engine
+            from peftstd.runtime.inference import engine_logits
+
+            openvino = profile.target == "cpu" and importlib.util.find_spec("openvino") is not None
             reference = metric_points(task, trained_test_logits, test.label_ids)
             gate = []
             for name, path in artifacts.items():
@@ -181,6 +187,12 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
                 record["file"] = path.name
                 if name == "fp32" and not record["parity_passed"]:
                     record["worst_layer"] = worst_initializer(path, exported)
+                if openvino and path.suffix == ".onnx" and name != "fp16":
+                    # The same file on OpenVINO, judged the same way; `peftstd serve --runtime openvino` needs it passed.
+                    ov_logits = engine_logits(open_engine(path, "openvino"), loaded.tokenizer, test, profile.batch_size, max_length)
+                    ov = judge(name, ov_logits, reference, exported_test_logits if name == "fp32" else None,
+                               task, test.label_ids, profile.budget, profile.parity_for(generative=False))
+                    record["openvino"] = {k: v for k, v in ov.items() if k != "artifact"}
                 gate.append(record)
             report["gate"] = {"split": "test", "examples": len(splits.test), "metric": task.primary_metric, "trained_metric": reference / 100,
                               "budget_points": profile.budget, "parity_tolerance": profile.parity_for(generative=False), "artifacts": gate}
@@ -313,12 +325,14 @@ def print_gate(report: dict, out_dir: Path) -> None:
     gate = report["gate"]
     table = Table(title=f"export gate on {gate['examples']} held-out test examples (trained {gate['artifacts'][0]['metric']} {gate['trained_metric']:.4f})")
     change = "rise (%)" if gate["metric"] == "perplexity" else "drop (points)"
-    for column in ("artifact", "file", gate["metric"], change, "max |Δlogit|", "size MB", "result"):
+    for column in ("artifact", "file", gate["metric"], change, "max |Δlogit|", "size MB", "result", "on openvino"):
         table.add_column(column)
     for record in gate["artifacts"]:
+        ov = record.get("openvino")
         table.add_row(record["artifact"], record["file"], f"{record['value']:.4f}", f"{record['drop_points']:+.2f}",
                       f"{record['max_abs_logit_difference']:.1e}" if "max_abs_logit_difference" in record else "-",
-                      f"{report['sizes_mb'][record['file']]:.1f}", "pass" if record["passed"] else "FAIL")
+                      f"{report['sizes_mb'][record['file']]:.1f}", "pass" if record["passed"] else "FAIL",
+                      f"{ov['value']:.4f} {'pass' if ov['passed'] else 'FAIL'}" if ov else "-")
     console = Console(stderr=True)
     console.print(table)
     for record in gate["artifacts"]:

@@ -23,6 +23,7 @@ from peftstd.training.precision import cpu_flags
 PACKAGES = (
     "torch", "transformers", "peft", "accelerate", "adapters", "tokenizers", "safetensors",
     "datasets", "numpy", "scikit-learn", "pydantic", "onnx", "onnxruntime", "optimum", "optimum-onnx",
+    "openvino", "fastapi", "uvicorn",
 )
 LAUNCHER_VARS = ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS")
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")

@@ -51,12 +51,24 @@ class Manifest(Record):
     data: DataRecord
 
 
+class RuntimeGate(Record):
+    """The same artifact judged on another runtime (OpenVINO) at export time."""
+
+    passed: bool
+    value: float
+    drop_points: float
+
+
 class GateArtifact(Record):
     artifact: str
     file: str
     passed: bool
     value: float
     drop_points: float
+    openvino: RuntimeGate | None = None
+
+    def passed_on(self, runtime: str) -> bool:
+        return self.passed and (runtime == "onnxruntime" or (self.openvino is not None and self.openvino.passed))
 
 
 class Gate(Record):

@@ -47,21 +47,28 @@ class Encoded:
         return self.length * len(self.rows)
 
 
-def choose_artifact(export: ExportFolder, artifact: str = "auto") -> GateArtifact:
-    """The artifact to serve: named, or (`auto`) the static int8 one when it passed the gate (batch-independent
-    and the fastest on CPU, see bench/results/serve_load.md), else fp32."""
+def choose_artifact(export: ExportFolder, artifact: str = "auto", runtime: str = "onnxruntime") -> GateArtifact:
+    """The artifact to run: named, or (`auto`) the static int8 one when it passed the gate on `runtime`
+    (batch-independent and the fastest on CPU, see bench/results/serve_load.md), else fp32. An artifact runs on
+    a runtime only when the export gate judged it there and it passed."""
     if artifact != "auto":
         record = export.artifact(artifact)
-        if not record.passed:
-            raise UserError(f"artifact {record.artifact} of {str(export.path)!r} failed the export gate; serve a passing one")
+        if not record.passed_on(runtime):
+            if not record.passed:
+                why = "failed the export gate"
+            elif record.openvino is None:
+                why = f"was not judged on {runtime} by the export gate (re-export with the `{runtime}` package installed)"
+            else:
+                why = f"failed the export gate on {runtime}"
+            raise UserError(f"artifact {record.artifact} of {str(export.path)!r} {why}; serve one that passed")
         return record
     records = export.artifacts()
     for kind in ("int8-static", "fp32"):
-        if kind in records and records[kind].passed:
+        if kind in records and records[kind].passed_on(runtime):
             return records[kind]
-    passing = [r for r in records.values() if r.passed]
+    passing = [r for r in records.values() if r.passed_on(runtime)]
     if not passing:
-        raise UserError(f"no artifact of {str(export.path)!r} passed the export gate; nothing to serve")
+        raise UserError(f"no artifact of {str(export.path)!r} passed the export gate on {runtime}; nothing to serve")
     return passing[0]
 
 
@@ -308,7 +315,7 @@ def load_predictor(path: str | Path, artifact: str = "auto", runtime: str = "onn
                    spinning: bool = True) -> Predictor:
     """The predictor of an export folder's task, on one of its gated artifacts."""
     export = ExportFolder(path)
-    record = choose_artifact(export, artifact)
+    record = choose_artifact(export, artifact, runtime if not export.generative else "onnxruntime")
     if export.generative:
         if runtime != "onnxruntime":
             raise UserError(f"{export.task} exports run on onnxruntime only; got --runtime {runtime}")

@@ -21,7 +21,8 @@ def model_names(exports: list[str]) -> dict[str, Path]:
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
         folder = Path(path)
         ExportFolder(folder)  # one line when it is no export folder
-        name = name or (folder.resolve().parent.name if folder.resolve().name == "export" else folder.resolve().name)
+        where = folder.absolute()  # not resolved: runs/latest/export is named "latest", not after the link target
+        name = name or (where.parent.name if where.name == "export" else where.name)
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise UserError(f"model name {name!r} must be letters, digits, '-', '_' or '.'; name it with NAME=PATH")
         if name in named:
@@ -45,9 +46,9 @@ def check_startup(cfg: ServeConfig, exports: dict[str, Path]) -> None:
             raise UserError(f"key file {str(cfg.keys)!r} holds no keys; add one with `peftstd serve keys add NAME --keys {cfg.keys}`")
     for name, path in exports.items():
         export = ExportFolder(path)
-        choose_artifact(export, cfg.artifact)
         if export.generative and cfg.runtime != "onnxruntime":
             raise UserError(f"model {name!r} is {export.task}: generative exports run on onnxruntime only")
+        choose_artifact(export, cfg.artifact, cfg.runtime)
 
 
 def serve(cfg: ServeConfig, exports: dict[str, Path]) -> int:

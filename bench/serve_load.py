@@ -1,0 +1,328 @@
+"""Load benchmark of `peftstd serve` on loopback, beside the engine alone and a hand-written server, in one run.
+
+    python bench/serve_load.py runs/latest/export --out bench/results
+
+1. Engines alone (no HTTP): every gated artifact (fp32, int8 dynamic, int8 static) on every runtime (ONNX Runtime,
+   OpenVINO), through the same predictor the server uses (tokenization included), at batch 1 (p50 per text) and
+   in batches of 32 (texts/s), on the run's test texts: the ceiling, and the choice of the serving default.
+2. `peftstd serve` on the fastest batch-independent engine: closed loops at concurrency 1, 8, 32, 128 (each a
+   bounded number of requests of one text), then an open loop at a fixed rate above capacity.
+3. The server a user writes by hand: FastAPI + transformers `pipeline("text-classification")` on the trained
+   PyTorch model (LoRA merged), one request at a time per call, the same closed loops.
+
+Every loop is bounded in requests and seconds and talks only to 127.0.0.1. Writes serve_load.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from peftstd.run.manifest import hardware, package_versions  # noqa: E402
+from peftstd.runtime.folders import ExportFolder, RunFolder  # noqa: E402
+
+HAND_WRITTEN = '''
+import sys, torch
+from fastapi import FastAPI
+from pydantic import BaseModel
+from transformers import pipeline
+from peftstd.runtime.load import load_run
+from peftstd.export.merge import merge
+
+torch.set_num_threads({threads})
+loaded = load_run(sys.argv[1])
+model, _ = merge(loaded.model)
+model.config.id2label = dict(enumerate(loaded.labels))
+classify = pipeline("text-classification", model=model.eval(), tokenizer=loaded.tokenizer, device="cpu", truncation=True,
+                    max_length={max_length})
+app = FastAPI()
+
+class Request(BaseModel):
+    inputs: list[str]
+
+@app.post("/predict")
+def predict(request: Request):
+    return {{"outputs": classify(request.inputs)}}
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, path: str, timeout: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited {process.returncode}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code in (200, 405):
+                return
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise SystemExit(f"{url} not ready after {timeout} s")
+
+
+def percentiles(latencies: list[float]) -> dict:
+    values = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {f"p{q}_ms": float(np.percentile(values, q)) for q in (50, 95, 99)}
+
+
+async def closed_loop(url: str, texts: list[str], concurrency: int, requests: int, seconds: float) -> dict:
+    """`concurrency` clients, each sending one-text requests back to back, until `requests` or `seconds`."""
+    import httpx
+
+    latencies, statuses, sent = [], {}, 0
+    stop = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        async def user(index: int):
+            nonlocal sent
+            while sent < requests and time.monotonic() < stop:
+                text = texts[sent % len(texts)]
+                sent += 1
+                started = time.perf_counter()
+                response = await client.post(url, json={"inputs": [text]})
+                latencies.append(time.perf_counter() - started)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(user(i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ok = statuses.get(200, 0)
+    return {"concurrency": concurrency, "requests": sum(statuses.values()), "seconds": elapsed, "requests_per_s": ok / elapsed,
+            "statuses": {str(k): v for k, v in sorted(statuses.items())}, **percentiles(latencies)}
+
+
+async def open_loop(url: str, texts: list[str], rate: float, seconds: float, max_in_flight: int = 512) -> dict:
+    """Requests sent at a fixed rate regardless of answers (above capacity), for `seconds`; statuses and latencies."""
+    import httpx
+
+    results: list[tuple[int, float]] = []
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        async def one(text: str):
+            started = time.perf_counter()
+            try:
+                status = (await client.post(url, json={"inputs": [text]})).status_code
+            except httpx.TransportError:
+                status = 0
+            results.append((status, time.perf_counter() - started))
+
+        tasks, started, i = [], time.perf_counter(), 0
+        while time.perf_counter() - started < seconds:
+            due = started + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            if len(tasks) - len(results) < max_in_flight:
+                tasks.append(asyncio.create_task(one(texts[i % len(texts)])))
+            i += 1
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+    statuses: dict[str, int] = {}
+    for status, _ in results:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    return {"rate": rate, "seconds": elapsed, "sent": len(results), "statuses": statuses,
+            "ok_per_s": statuses.get("200", 0) / elapsed,
+            "ok": percentiles([t for s, t in results if s == 200]),
+            "rejected": percentiles([t for s, t in results if s in (429, 503)])}
+
+
+def engines_alone(export: Path, texts: list[str], threads: int, repeats: int) -> list[dict]:
+    """Each artifact on each runtime: p50 of one text at a time, and texts/s in batches of 32 (tokenizing included)."""
+    from peftstd.runtime.engines import RUNTIMES
+    from peftstd.runtime.predictors import load_predictor
+
+    rows = []
+    for record in ExportFolder(export).record.gate.artifacts:
+        for runtime in RUNTIMES:
+            predictor = load_predictor(export, record.artifact, runtime, threads)
+            predictor.predict(texts[:64])  # warm up
+            single = []
+            for text in texts[:200]:
+                started = time.perf_counter()
+                predictor.predict([text])
+                single.append(time.perf_counter() - started)
+            best = 0.0
+            for _ in range(repeats):
+                started = time.perf_counter()
+                predictor.predict(texts, batch_size=32)
+                best = max(best, len(texts) / (time.perf_counter() - started))
+            rows.append({"artifact": record.artifact, "runtime": runtime, "batch_independent": predictor.batch_independent,
+                         "batch1_p50_ms": float(np.median(single) * 1000), "batch32_texts_per_s": best,
+                         "test_metric": record.value})
+            print(f"engine {runtime} {record.artifact}: batch-1 p50 {rows[-1]['batch1_p50_ms']:.2f} ms, "
+                  f"batch 32 {best:.0f} texts/s", file=sys.stderr, flush=True)
+            del predictor
+    return rows
+
+
+def serve_process(export: Path, artifact: str, runtime: str, threads: int, port: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "peftstd", "serve", f"m={export}", "--port", str(port), "--artifact", artifact,
+                             "--runtime", runtime, "--threads", str(threads)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+
+
+def hand_written_process(run: Path, threads: int, max_length: int, port: int, folder: Path) -> subprocess.Popen:
+    (folder / "pipeline_server.py").write_text(HAND_WRITTEN.format(threads=threads, max_length=max_length))
+    code = (f"import sys, uvicorn; sys.path.insert(0, {str(folder)!r}); sys.path.insert(0, {str(REPO)!r}); sys.argv[1:] = [{str(run)!r}]; "
+            f"import pipeline_server; uvicorn.run(pipeline_server.app, host='127.0.0.1', port={port}, log_level='warning')")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL,
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("export", help="export folder of a text-classification run")
+    parser.add_argument("--concurrency", default="1,8,32,128")
+    parser.add_argument("--requests", type=int, default=1500, help="requests per closed-loop level at most")
+    parser.add_argument("--seconds", type=float, default=30, help="seconds per closed-loop level at most")
+    parser.add_argument("--open-seconds", type=float, default=15, help="seconds of the open loop")
+    parser.add_argument("--open-factor", type=float, default=2.0, help="open-loop rate as a multiple of the concurrency-32 rate")
+    parser.add_argument("--texts", type=int, default=512, help="test texts used (the run's test split, in order)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+
+    export = Path(args.export).resolve()
+    folder = ExportFolder(export)
+    run = folder.source_run
+    texts = [r["text"] for r in RunFolder(run.path).test_predictions()][: args.texts]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    result = {"command": shlex.join(["python", *sys.argv]), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "export": str(export), "texts": len(texts), "mean_words": float(np.mean([len(t.split()) for t in texts])),
+              "machine": hardware(), "versions": package_versions(), "threads": args.threads}
+
+    result["engines"] = engines_alone(export, texts, args.threads, args.repeats)
+    independent = [r for r in result["engines"] if r["batch_independent"]]
+    chosen = max(independent, key=lambda r: r["batch32_texts_per_s"])
+    fastest = max(result["engines"], key=lambda r: r["batch32_texts_per_s"])
+    result["served_engine"], result["fastest_engine"] = chosen, fastest
+    print(f"serving {chosen['artifact']} on {chosen['runtime']}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, start, path in (
+            ("peftstd serve", lambda port: serve_process(export, chosen["artifact"], chosen["runtime"], args.threads, port), "/v2/health/ready"),
+            ("FastAPI + transformers pipeline (PyTorch)", lambda port: hand_written_process(run.path, args.threads, folder.max_length,
+                                                                                            port, Path(scratch)), "/predict"),
+        ):
+            port = free_port()
+            process = start(port)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                wait_ready(url, process, path)
+                route = url + ("/v1/models/m/predict" if name == "peftstd serve" else "/predict")
+                asyncio.run(closed_loop(route, texts, 8, 200, 10))  # warm up
+                rows = []
+                for level in levels:
+                    rows.append(asyncio.run(closed_loop(route, texts, level, args.requests, args.seconds)))
+                    print(f"{name} c={level}: {rows[-1]['requests_per_s']:.1f} req/s p50 {rows[-1]['p50_ms']:.1f} ms "
+                          f"{rows[-1]['statuses']}", file=sys.stderr, flush=True)
+                result.setdefault("servers", {})[name] = rows
+                if name == "peftstd serve":
+                    at32 = next((r for r in rows if r["concurrency"] == 32), rows[-1])
+                    result["open_loop"] = asyncio.run(open_loop(route, texts, args.open_factor * at32["requests_per_s"], args.open_seconds))
+                    print(f"open loop: {result['open_loop']['statuses']}", file=sys.stderr, flush=True)
+            finally:
+                process.terminate()
+                process.wait(timeout=60)
+
+    summarize(result)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve_load.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "serve_load.md").write_text(markdown(result))
+    chart(result, out / "serve_load.png")
+    print((out / "serve_load.md").read_text())
+    return 0
+
+
+def summarize(result: dict) -> None:
+    serve = {r["concurrency"]: r for r in result["servers"]["peftstd serve"]}
+    hand = {r["concurrency"]: r for r in result["servers"]["FastAPI + transformers pipeline (PyTorch)"]}
+    fastest = result["fastest_engine"]
+    result["targets"] = {
+        "c32_vs_hand_written": serve[32]["requests_per_s"] / hand[32]["requests_per_s"] if 32 in serve and 32 in hand else None,
+        "c32_vs_fastest_engine": serve[32]["requests_per_s"] / fastest["batch32_texts_per_s"] if 32 in serve else None,
+        "c1_p50_minus_engine_batch1_p50_ms": serve[1]["p50_ms"] - result["served_engine"]["batch1_p50_ms"] if 1 in serve else None,
+        "open_loop_other_than_200_429_503": sum(v for k, v in result.get("open_loop", {}).get("statuses", {}).items()
+                                                 if k not in ("200", "429", "503")),
+    }
+
+
+def markdown(result: dict) -> str:
+    machine, targets = result["machine"], result["targets"]
+    lines = [f"# peftstd serve under load: `{Path(result['export']).name}`", "", f"`{result['command']}`", "",
+             f"{machine['cpu']}, {machine['cores']} cores ({', '.join(machine['isa'])}), {result['threads']} threads; "
+             f"onnxruntime {result['versions'].get('onnxruntime')}, openvino {result['versions'].get('openvino')}, "
+             f"torch {result['versions'].get('torch')}; {result['created']}. {result['texts']} test texts "
+             f"(mean {result['mean_words']:.1f} words), one text per request; client and server share the machine.", "",
+             "## Engines alone (no HTTP, tokenization included)", "",
+             "| artifact | runtime | batch-independent | batch 1 p50 ms | batch 32 texts/s | test metric |", "|---|---|---|---|---|---|"]
+    for r in result["engines"]:
+        lines.append(f"| {r['artifact']} | {r['runtime']} | {'yes' if r['batch_independent'] else 'no (rows run one at a time)'} | "
+                     f"{r['batch1_p50_ms']:.2f} | {r['batch32_texts_per_s']:.0f} | {r['test_metric']:.4f} |")
+    served = result["served_engine"]
+    lines += ["", f"Served: **{served['artifact']} on {served['runtime']}** (the fastest batch-independent engine); fastest engine "
+              f"overall: {result['fastest_engine']['artifact']} on {result['fastest_engine']['runtime']}.", "",
+              "## Closed loops", "", "| server | concurrency | requests | requests/s | p50 ms | p95 ms | p99 ms | statuses |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, rows in result["servers"].items():
+        for r in rows:
+            lines.append(f"| {name} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | "
+                         f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['statuses']} |")
+    if "open_loop" in result:
+        o = result["open_loop"]
+        lines += ["", "## Open loop above capacity", "",
+                  f"{o['rate']:.0f} requests/s for {o['seconds']:.1f} s ({o['sent']} sent): statuses {o['statuses']}; "
+                  f"{o['ok_per_s']:.1f} answered/s; answered p50 {o['ok']['p50_ms']:.1f} ms, p99 {o['ok']['p99_ms']:.1f} ms; "
+                  f"rejected p50 {o['rejected']['p50_ms']:.1f} ms, p99 {o['rejected']['p99_ms']:.1f} ms."]
+    lines += ["", "## Against the targets", "",
+              f"- concurrency 32, peftstd serve / hand-written pipeline server: **{targets['c32_vs_hand_written']:.2f}x** (target 3x)",
+              f"- concurrency 32, peftstd serve / fastest engine alone at batch 32: **{targets['c32_vs_fastest_engine']:.2f}** (target 0.8)",
+              f"- concurrency 1, p50 minus the served engine's batch-1 p50: **{targets['c1_p50_minus_engine_batch1_p50_ms']:+.2f} ms** (target within 2 ms)",
+              f"- open loop, responses other than 200/429/503: **{targets['open_loop_other_than_200_429_503']}** (target 0)"]
+    return "\n".join(lines) + "\n"
+
+
+def chart(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in result["servers"].items():
+        axes[0].plot([r["concurrency"] for r in rows], [r["requests_per_s"] for r in rows], "o-", label=name)
+        axes[1].plot([r["concurrency"] for r in rows], [r["p99_ms"] for r in rows], "o-", label=name)
+    axes[0].axhline(result["fastest_engine"]["batch32_texts_per_s"], color="grey", linestyle="--", label="fastest engine alone, batch 32")
+    axes[0].set(xscale="log", xlabel="concurrency", ylabel="requests/s", title="throughput")
+    axes[1].set(xscale="log", yscale="log", xlabel="concurrency", ylabel="p99 ms", title="tail latency")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
