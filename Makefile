@@ -29,6 +29,7 @@ demo: $(STAMP)
 	@echo "  curl -s localhost:8000/v1/models/latest/predict -d '{\"inputs\": [\"a gorgeous, moving film\"]}'"
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 clean:

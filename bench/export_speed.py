@@ -28,13 +28,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from peftstd.export.merge import merge  # noqa: E402
-from peftstd.export.pipeline import scratch_directory  # noqa: E402
-from peftstd.run.manifest import hardware, package_versions  # noqa: E402
-from peftstd.runtime.backends import onnx_backend, torch_backend  # noqa: E402
-from peftstd.runtime.inference import runtime_settings  # noqa: E402
-from peftstd.runtime.load import load_run  # noqa: E402
-from peftstd.runtime.timing import fixed_length_feed, interleaved, summary  # noqa: E402
+from peftstd.export.merge import merge
+from peftstd.export.pipeline import scratch_directory
+from peftstd.run.manifest import hardware, package_versions
+from peftstd.runtime.backends import onnx_backend, torch_backend
+from peftstd.runtime.inference import runtime_settings
+from peftstd.runtime.load import load_run
+from peftstd.runtime.timing import fixed_length_feed, interleaved, summary
 
 
 def optimum_pipeline(loaded, run: Path, work: Path) -> dict[str, Path]:

@@ -25,12 +25,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from peftstd.export.merge import merge  # noqa: E402
-from peftstd.run.manifest import hardware, package_versions  # noqa: E402
-from peftstd.runtime.engines import load_generative, quiet  # noqa: E402
-from peftstd.runtime.load import load_run  # noqa: E402
-from peftstd.runtime.taskdata import run_splits  # noqa: E402
-from peftstd.tasks import get_task  # noqa: E402
+from peftstd.export.merge import merge
+from peftstd.run.manifest import hardware, package_versions
+from peftstd.runtime.engines import load_generative, quiet
+from peftstd.runtime.load import load_run
+from peftstd.runtime.taskdata import run_splits
+from peftstd.tasks import get_task
 
 
 def render(result: dict) -> str:

@@ -26,7 +26,9 @@ if [[ "${1:-}" == "--prepare" ]]; then
   mkdir -p "$WHEELS"
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux2014_x86_64 \
     --platform manylinux_2_17_x86_64 --platform any -d "$WHEELS" $(pins)
-  python3 -m pip download --no-deps -d "$WHEELS" https://files.pythonhosted.org/packages/77/8c/4a48c10a50f750ae565e341e697d74a38075a3e43ff0df6f1ab72e186902/vaderSentiment-3.3.2.tar.gz
+  # By name and version, so pip's configured index, mirror or proxy serves it (a hard-coded file URL bypasses them).
+  python3 -m pip download --no-deps --no-binary :all: -d "$WHEELS" vaderSentiment==3.3.2
+  echo "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9  $WHEELS/vaderSentiment-3.3.2.tar.gz" | sha256sum -c -
   du -sh "$WHEELS"
   exit 0
 fi

@@ -32,8 +32,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from peftstd.run.manifest import hardware, package_versions  # noqa: E402
-from peftstd.runtime.folders import ExportFolder, RunFolder  # noqa: E402
+from peftstd.run.manifest import hardware, package_versions
+from peftstd.runtime.folders import ExportFolder, RunFolder
 
 HAND_WRITTEN = '''
 import sys, torch

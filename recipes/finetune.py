@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from peftstd.config import RecipeConfig, load_config  # noqa: E402
-from peftstd.errors import ConfigError, exit_on_user_error  # noqa: E402
+from peftstd.config import RecipeConfig, load_config
+from peftstd.errors import ConfigError, exit_on_user_error
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "minilm_lora_sentiment.yaml"
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from peftstd.config import load_config  # noqa: E402
-from peftstd.config.pretrain import PretrainConfig  # noqa: E402
-from peftstd.errors import exit_on_user_error  # noqa: E402
+from peftstd.config import load_config
+from peftstd.config.pretrain import PretrainConfig
+from peftstd.errors import exit_on_user_error
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "minilm_mlm_vader.yaml"
 

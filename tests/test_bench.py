@@ -34,3 +34,10 @@ def test_bench_refuses_what_it_cannot_time(tmp_path):
     assert result.returncode == 2 and "neither a finished run" in result.stderr
     bad = peftstd("bench", str(tmp_path), "--batches", "1,x")
     assert bad.returncode == 2 and "--batches takes comma-separated positive integers" in bad.stderr
+
+
+def test_gpu_script_fetches_the_vader_sdist_by_name_and_checks_it():
+    """A hard-coded files.pythonhosted.org URL bypasses pip's configured index, mirror or proxy."""
+    script = (Path(__file__).resolve().parents[1] / "bench" / "gpu.sh").read_text()
+    assert "files.pythonhosted.org" not in script
+    assert "vaderSentiment==3.3.2" in script and "sha256sum -c" in script

@@ -154,3 +154,14 @@ def test_bad_export_requests_are_one_line_errors(trained, tmp_path, args, messag
     result = peftstd("export", *[a.format(**values) for a in args], "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_gate_table_prints_whole_names_when_not_a_terminal(exported, capsys):
+    """In a log file or CI the table used to be cut to 80 columns (`model.in…`, `int8-dyn…`)."""
+    from peftstd.export.pipeline import print_gate
+
+    print_gate(json.loads((exported / "export.json").read_text()), exported)
+    table = capsys.readouterr().err
+    for name in ("model.int8-static.onnx", "model.int8.onnx", "int8-dynamic", "int8-static", "on openvino"):
+        assert name in table, table
+    assert "…" not in table

@@ -84,7 +84,7 @@ def test_whole_word_masking_masks_every_piece_of_a_word():
     masked_any = False
     for batch in fixed_masks(split, collator, 16, seed=0):
         for labels in batch["labels"].tolist():
-            for word in set(w for w in words if w is not None):
+            for word in {w for w in words if w is not None}:
                 picked = {labels[i] != -100 for i, w in enumerate(words) if w == word}
                 assert len(picked) == 1, "a word was only partly masked"
                 masked_any |= picked == {True}

@@ -45,7 +45,7 @@ def test_sigkilled_run_resumes_from_last_good_checkpoint_to_identical_metrics(ti
     assert not (tmp_path / "killed" / "manifest.json").exists(), "the run finished before it could be killed"
 
     # Tear the newest checkpoint: resume must skip it and use the one before.
-    newest = sorted(p.parent for p in checkpoints.glob("step-*/checksums.json"))[-1]
+    newest = max(p.parent for p in checkpoints.glob("step-*/checksums.json"))
     blob = bytearray((newest / "trainable.safetensors").read_bytes())
     blob[-1] ^= 0xFF
     (newest / "trainable.safetensors").write_bytes(bytes(blob))

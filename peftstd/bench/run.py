@@ -82,10 +82,10 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
               repeats: int, backends: set[str] | None, device: str = "cpu") -> dict:
     import psutil
     import torch
-    from rich.console import Console
     from rich.table import Table
     from tqdm.auto import tqdm
 
+    from peftstd.basics.console import console as make_console
     from peftstd.export.merge import merge
     from peftstd.run.manifest import hardware, package_versions
     from peftstd.runtime.load import load_run
@@ -131,7 +131,7 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
     for r in result["rows"]:
         table.add_row(r["backend"], str(r["batch"]), str(r["sequence"]), f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
                       f"{r['p99_ms']:.2f}", f"{r['samples_per_s']:.1f}", f"{r['metric']:.4f}" if r["metric"] is not None else "-")
-    Console(stderr=True).print(table)
+    make_console().print(table)
     return result
 
 

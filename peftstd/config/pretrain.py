@@ -56,7 +56,7 @@ class PretrainConfig(Section):
     output: OutputSection = Field(default_factory=OutputSection, description="Run directory settings.")
 
     @model_validator(mode="after")
-    def _scratch_is_full(self) -> "PretrainConfig":
+    def _scratch_is_full(self) -> PretrainConfig:
         if self.from_scratch and (self.method != "full" or self.head_only):
             raise ValueError("from_scratch trains every weight; method must be full and head_only false")
         if self.head_only and self.method != "full":

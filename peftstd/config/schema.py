@@ -37,7 +37,7 @@ class SplitFractions(Section):
     test: float = Field(0.1, gt=0, lt=1, description="Fraction held out for the final test metrics.")
 
     @model_validator(mode="after")
-    def _sums_to_one(self) -> "SplitFractions":
+    def _sums_to_one(self) -> SplitFractions:
         total = self.train + self.validation + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + validation + test must sum to 1.0, got {total:g}")
@@ -153,13 +153,13 @@ class RecipeConfig(Section):
         return str(value) if isinstance(value, (int, float)) else value  # `schema_version: 1.0` in YAML is a float
 
     @model_validator(mode="after")
-    def _known_schema_version(self) -> "RecipeConfig":
+    def _known_schema_version(self) -> RecipeConfig:
         if self.schema_version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
             raise ValueError(f"schema_version {self.schema_version!r} is not supported; this peftstd reads {SCHEMA_VERSION}")
         return self
 
     @model_validator(mode="after")
-    def _metric_fits_task(self) -> "RecipeConfig":
+    def _metric_fits_task(self) -> RecipeConfig:
         allowed = TASK_METRICS[self.task.type]
         if self.evaluation.metric is None:
             self.evaluation.metric = PRIMARY_METRIC[self.task.type]
@@ -170,7 +170,7 @@ class RecipeConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _augmentation_fits_task(self) -> "RecipeConfig":
+    def _augmentation_fits_task(self) -> RecipeConfig:
         if self.regularization.augmentation.copies and self.task.type != "text-classification":
             raise ValueError("regularization.augmentation applies to text-classification only (word edits would misalign tags)")
         return self

@@ -8,6 +8,7 @@ Its text licence is unclear, so it is fetched at run time into the cache (pinned
 
 from __future__ import annotations
 
+import itertools
 import tarfile
 
 import yaml
@@ -33,7 +34,7 @@ def load_chatterbot_english() -> list[PromptExample]:
             topic = member.name.rsplit("/", 1)[-1]
             for number, conversation in enumerate(document.get("conversations") or [], start=1):
                 turns = [str(turn).strip() for turn in conversation if turn is not None]
-                for prompt, response in zip(turns, turns[1:]):
+                for prompt, response in itertools.pairwise(turns):
                     if len(prompt) > 1 and len(response) > 1 and (prompt, response) not in seen:  # a few turns are one character
                         seen.add((prompt, response))
                         pairs.append(PromptExample(prompt, response, origin=f"{topic}:conversation {number}"))

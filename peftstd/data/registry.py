@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from peftstd.data.chatterbot import load_chatterbot_english
 from peftstd.data.vader import load_vader_movies

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from peftstd.data.conll import read_conll
 from peftstd.data.examples import Example, PromptExample, QAExample, Splits, TokenExample
@@ -132,7 +133,7 @@ def read_table(path: Path, suffix: str) -> Iterable[tuple[str, dict[str, Any]]]:
             first_line = 2  # line 1 is the header
     except UnicodeDecodeError:
         raise DataError(f"data file {str(path)!r} is not UTF-8; re-encode it as UTF-8") from None
-    except Exception as error:  # pandas raises many parser types; all mean "unreadable file"
+    except Exception as error:  # noqa: BLE001 - pandas raises many parser types; all mean "unreadable file"
         raise DataError(f"data file {str(path)!r} could not be read: {str(error).splitlines()[0]}") from None
     return [(f"{path.name}:{i + first_line}", row) for i, row in enumerate(frame.to_dict("records"))]
 
@@ -142,7 +143,7 @@ def read_hub_dataset(spec: str, section, bad: list[str], task: str = "text-class
 
     try:
         loaded = datasets.load_dataset(spec)
-    except Exception as error:  # network, auth, missing repo: all are "cannot load this id"
+    except Exception as error:  # noqa: BLE001 - network, auth, missing repo: all are "cannot load this id"
         raise DataError(
             f"data.source {spec!r} is not a registered dataset ({', '.join(DATASETS)}), a local file, "
             f"or a loadable hub dataset: {str(error).splitlines()[0]}"

@@ -5,7 +5,7 @@ scikit-learn and scipy have no paired bootstrap over an arbitrary metric; it is 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

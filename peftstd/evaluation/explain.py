@@ -98,10 +98,11 @@ def colour(score: float, scale: float) -> tuple[int, int, int]:
 
 
 def print_explanation(result: dict) -> None:
-    from rich.console import Console
     from rich.text import Text
 
-    console = Console()
+    from peftstd.basics.console import console as make_console
+
+    console = make_console(stderr=False)
     console.print(f"prediction: [bold]{result['prediction']}[/bold] ({result.get('probability_name', 'p')}={result['probability']:.3f}); Integrated Gradients, {result['steps']} steps")
     for cls in result["classes"]:
         scale = max(abs(a) for a in cls["attributions"]) or 1.0

@@ -319,8 +319,9 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
 
 
 def print_gate(report: dict, out_dir: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from peftstd.basics.console import console as make_console
 
     gate = report["gate"]
     table = Table(title=f"export gate on {gate['examples']} held-out test examples (trained {gate['artifacts'][0]['metric']} {gate['trained_metric']:.4f})")
@@ -333,7 +334,7 @@ def print_gate(report: dict, out_dir: Path) -> None:
                       f"{record['max_abs_logit_difference']:.1e}" if "max_abs_logit_difference" in record else "-",
                       f"{report['sizes_mb'][record['file']]:.1f}", "pass" if record["passed"] else "FAIL",
                       f"{ov['value']:.4f} {'pass' if ov['passed'] else 'FAIL'}" if ov else "-")
-    console = Console(stderr=True)
+    console = make_console()
     console.print(table)
     for record in gate["artifacts"]:
         if not record["passed"]:

@@ -9,8 +9,8 @@ exceeds the metric budget, the most sensitive MatMuls (per-layer sensitivity pas
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -32,7 +32,7 @@ def preprocess(src: Path, dst: Path) -> Path:
     try:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
         return dst
-    except Exception:  # shape inference does not cover every exported graph; quantizing the raw graph still works
+    except Exception:  # noqa: BLE001 - shape inference does not cover every exported graph; quantizing the raw graph still works
         shutil.copy(src, dst)
         return dst
 

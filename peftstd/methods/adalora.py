@@ -26,7 +26,7 @@ class AdaLoraSection(Section):
     orth_reg_weight: float = Field(0.5, ge=0, description="Weight of the orthogonality regulariser added to the loss.")
 
     @model_validator(mode="after")
-    def _ranks_and_schedule(self) -> "AdaLoraSection":
+    def _ranks_and_schedule(self) -> AdaLoraSection:
         if self.target_rank > self.init_rank:
             raise ValueError(f"target_rank ({self.target_rank}) must not exceed init_rank ({self.init_rank})")
         if self.warmup_fraction + self.final_fraction >= 1:

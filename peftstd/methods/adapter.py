@@ -79,7 +79,7 @@ class BottleneckAdapter(Method):
         base = task.load_model(base_path, labels)
         adapters.init(base)
         base.load_adapter(str(weights_dir), load_as=ADAPTER_NAME, set_active=True, with_head=False)
-        missing, unexpected = base.load_state_dict(load_file(weights_dir / HEAD_FILE), strict=False)
+        _, unexpected = base.load_state_dict(load_file(weights_dir / HEAD_FILE), strict=False)
         if unexpected:
             raise ValueError(f"{weights_dir / HEAD_FILE} holds weights the model lacks: {unexpected[:3]}")
         return base

@@ -5,9 +5,9 @@ Everything downstream (hashing, tokenizer, weights) then works on one local fold
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from peftstd.errors import ConfigError
 
@@ -103,7 +103,7 @@ def download_from_hub(repo_id: str, revision: str | None) -> Path:
         folder = snapshot_download(
             repo_id, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py"]
         )
-    except Exception as error:  # offline, unknown repo, gated: all mean "cannot get this model"
+    except Exception as error:  # noqa: BLE001 - offline, unknown repo, gated: all mean "cannot get this model"
         raise ConfigError(
             f"model.name {repo_id!r} is not a registered model ({', '.join(MODELS)}), a local folder, "
             f"or a reachable hub id: {str(error).splitlines()[0]}"

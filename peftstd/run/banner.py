@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
+
+from peftstd.basics.console import console as make_console
 
 
 def print_banner(cfg, base, splits, parameters, precision, world_size, total_steps, run_dir) -> None:
@@ -17,4 +18,4 @@ def print_banner(cfg, base, splits, parameters, precision, world_size, total_ste
     table.add_row("schedule", f"{total_steps} optimizer steps · batch {cfg.training.batch_size} × {world_size} process(es) · lr {cfg.learning_rate():g}")
     table.add_row("precision", precision)
     table.add_row("run directory", str(run_dir))
-    Console(stderr=True).print(table)
+    make_console().print(table)

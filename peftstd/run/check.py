@@ -7,9 +7,9 @@ against the schema version it records; the trained weights load with the stock l
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from peftstd.basics.hashing import sha256_file
 
@@ -134,5 +134,5 @@ def load_stock(run: Path, manifest: dict) -> str:
 def attempt(check: str, action: Callable[[], str]) -> Finding:
     try:
         return Finding(check, True, action())
-    except Exception as error:  # any failure to load or validate is a finding, not a crash
+    except Exception as error:  # noqa: BLE001 - any failure to load or validate is a finding, not a crash
         return Finding(check, False, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")

@@ -9,9 +9,9 @@ such CPUs by default, so the precision hint is pinned to f32: the gate verified 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

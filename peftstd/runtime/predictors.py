@@ -303,7 +303,7 @@ class GenerationPredictor(Predictor):
             with quiet(), torch.inference_mode():
                 generated = self.model.generate(**batch, max_new_tokens=item.meta, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
             new = self.task_impl.new_tokens(self.model, generated, batch)[0]
-            results.append({"text": self.tokenizer.decode(new, skip_special_tokens=True).strip(), "tokens": int(len(new)),
+            results.append({"text": self.tokenizer.decode(new, skip_special_tokens=True).strip(), "tokens": len(new),
                             "truncated": item.truncated})
         return results
 

@@ -21,7 +21,7 @@ class TaskData:
     words: list[list[str]] | None = None
     features: list[dict] | None = None  # question answering: one entry per context window, `label_ids` its feature id
 
-    def head(self, n: int) -> "TaskData":
+    def head(self, n: int) -> TaskData:
         return TaskData(self.texts[:n], self.pairs[:n] if self.pairs else None, self.label_ids[:n],
                         self.words[:n] if self.words else None, self.features[:n] if self.features else None)
 

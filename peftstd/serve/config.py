@@ -41,7 +41,7 @@ class ServeConfig(Section):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("warning", description="uvicorn's log level")
 
     @model_validator(mode="after")
-    def check(self) -> "ServeConfig":
+    def check(self) -> ServeConfig:
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("TLS needs both ssl_certfile and ssl_keyfile")
         if self.max_new_tokens > self.max_new_tokens_limit:
