@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from peftstd.run.manifest import hardware, package_versions
 from peftstd.runtime.folders import ExportFolder, RunFolder
 
+HAND = "FastAPI + transformers pipeline (PyTorch)"
 HAND_WRITTEN = '''
 import sys, torch
 from fastapi import FastAPI
@@ -86,67 +87,128 @@ def percentiles(latencies: list[float]) -> dict:
     return {f"p{q}_ms": float(np.percentile(values, q)) for q in (50, 95, 99)}
 
 
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client connection on loopback. The load generator shares the 2 cores with the
+    server, and httpx's AsyncClient took 5 ms of CPU per request at concurrency 32 and 15 ms at 128 (measured),
+    more than the server: a generator that heavy measures itself. This one sends a POST and reads the response's
+    status line, headers and Content-Length body, nothing else."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: bytes) -> int:
+        reused = self.writer is not None
+        if not reused:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                          % (path.encode(), self.host.encode(), len(body), body))
+        line = await self.reader.readline()
+        if not line and reused:  # the server closed this idle keep-alive connection: nothing was sent, send again
+            self.close()
+            return await self.post(path, body)
+        status = int(line.split()[1])
+        length, close = 0, False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and "close" in value.lower():
+                close = True
+        await self.reader.readexactly(length)
+        if close:
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def split_url(url: str) -> tuple[str, int, str]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname, parts.port, parts.path
+
+
 async def closed_loop(url: str, texts: list[str], concurrency: int, requests: int, seconds: float) -> dict:
     """`concurrency` clients, each sending one-text requests back to back, until `requests` or `seconds`."""
-    import httpx
-
+    host, port, path = split_url(url)
+    bodies = [json.dumps({"inputs": [t]}).encode() for t in texts]
     latencies, statuses, sent = [], {}, 0
     stop = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        async def user(index: int):
-            nonlocal sent
+
+    async def user(index: int):
+        nonlocal sent
+        connection = Connection(host, port)
+        try:
             while sent < requests and time.monotonic() < stop:
-                text = texts[sent % len(texts)]
+                body = bodies[sent % len(bodies)]
                 sent += 1
                 started = time.perf_counter()
-                response = await client.post(url, json={"inputs": [text]})
+                status = await connection.post(path, body)
                 latencies.append(time.perf_counter() - started)
-                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            connection.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(user(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(user(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - started
     ok = statuses.get(200, 0)
     return {"concurrency": concurrency, "requests": sum(statuses.values()), "seconds": elapsed, "requests_per_s": ok / elapsed,
             "statuses": {str(k): v for k, v in sorted(statuses.items())}, **percentiles(latencies)}
 
 
 async def open_loop(url: str, texts: list[str], rate: float, seconds: float, max_in_flight: int = 512) -> dict:
-    """Requests sent at a fixed rate regardless of answers (above capacity), for `seconds`; statuses and latencies."""
-    import httpx
-
+    """Requests sent at a fixed rate regardless of answers (above capacity), for `seconds`, each on a connection
+    of its own from a pool; statuses and latencies of the answered and of the rejected ones."""
+    host, port, path = split_url(url)
+    bodies = [json.dumps({"inputs": [t]}).encode() for t in texts]
     results: list[tuple[int, float]] = []
-    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-        async def one(text: str):
-            started = time.perf_counter()
-            try:
-                status = (await client.post(url, json={"inputs": [text]})).status_code
-            except httpx.TransportError:
-                status = 0
-            results.append((status, time.perf_counter() - started))
+    idle: list[Connection] = []
+    in_flight = 0
 
-        tasks, started, i = [], time.perf_counter(), 0
-        while time.perf_counter() - started < seconds:
-            due = started + i / rate
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            if len(tasks) - len(results) < max_in_flight:
-                tasks.append(asyncio.create_task(one(texts[i % len(texts)])))
-            i += 1
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - started
+    async def one(body: bytes):
+        nonlocal in_flight
+        connection = idle.pop() if idle else Connection(host, port)
+        started = time.perf_counter()
+        try:
+            status = await connection.post(path, body)
+            idle.append(connection)
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            status = 0
+            connection.close()
+        results.append((status, time.perf_counter() - started))
+        in_flight -= 1
+
+    tasks, started, i, skipped = [], time.perf_counter(), 0, 0
+    while time.perf_counter() - started < seconds:
+        await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+        if in_flight < max_in_flight:
+            in_flight += 1
+            tasks.append(asyncio.create_task(one(bodies[i % len(bodies)])))
+        else:
+            skipped += 1
+        i += 1
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    for connection in idle:
+        connection.close()
     statuses: dict[str, int] = {}
     for status, _ in results:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
-    return {"rate": rate, "seconds": elapsed, "sent": len(results), "statuses": statuses,
+    return {"rate": rate, "seconds": elapsed, "sent": len(results), "not_sent_over_in_flight_cap": skipped, "statuses": statuses,
             "ok_per_s": statuses.get("200", 0) / elapsed,
             "ok": percentiles([t for s, t in results if s == 200]),
             "rejected": percentiles([t for s, t in results if s in (429, 503)])}
 
 
 def engines_alone(export: Path, texts: list[str], threads: int, repeats: int) -> list[dict]:
-    """Each artifact on each runtime: p50 of one text at a time, and texts/s in batches of 32 (tokenizing included)."""
+    """Each artifact on each runtime, best configured: p50 of one text at a time, and rows/s in batches of 32 of
+    similar length (sorted, as the server's batcher groups them; tokenization excluded, as it happens on arrival)."""
     from peftstd.runtime.engines import RUNTIMES
     from peftstd.runtime.predictors import load_predictor
 
@@ -154,7 +216,8 @@ def engines_alone(export: Path, texts: list[str], threads: int, repeats: int) ->
     for record in ExportFolder(export).record.gate.artifacts:
         for runtime in RUNTIMES:
             predictor = load_predictor(export, record.artifact, runtime, threads)
-            predictor.predict(texts[:64])  # warm up
+            items = sorted((predictor.encode(t) for t in texts), key=lambda item: item.length)
+            predictor.run(items[:32])  # warm up
             single = []
             for text in texts[:200]:
                 started = time.perf_counter()
@@ -163,11 +226,12 @@ def engines_alone(export: Path, texts: list[str], threads: int, repeats: int) ->
             best = 0.0
             for _ in range(repeats):
                 started = time.perf_counter()
-                predictor.predict(texts, batch_size=32)
-                best = max(best, len(texts) / (time.perf_counter() - started))
+                for start in range(0, len(items), 32):
+                    predictor.run(items[start : start + 32])
+                best = max(best, len(items) / (time.perf_counter() - started))
             rows.append({"artifact": record.artifact, "runtime": runtime, "batch_independent": predictor.batch_independent,
                          "batch1_p50_ms": float(np.median(single) * 1000), "batch32_texts_per_s": best,
-                         "test_metric": record.value})
+                         "test_metric": record.value if runtime == "onnxruntime" else (record.openvino.value if record.openvino else None)})
             print(f"engine {runtime} {record.artifact}: batch-1 p50 {rows[-1]['batch1_p50_ms']:.2f} ms, "
                   f"batch 32 {best:.0f} texts/s", file=sys.stderr, flush=True)
             del predictor
@@ -213,34 +277,35 @@ def main() -> int:
 
     result["engines"] = engines_alone(export, texts, args.threads, args.repeats)
     independent = [r for r in result["engines"] if r["batch_independent"]]
-    chosen = max(independent, key=lambda r: r["batch32_texts_per_s"])
-    fastest = max(result["engines"], key=lambda r: r["batch32_texts_per_s"])
-    result["served_engine"], result["fastest_engine"] = chosen, fastest
-    print(f"serving {chosen['artifact']} on {chosen['runtime']}", file=sys.stderr, flush=True)
+    result["fastest_engine"] = max(result["engines"], key=lambda r: r["batch32_texts_per_s"])
+    served = [r for r in independent if r["artifact"] == max(independent, key=lambda r: r["batch32_texts_per_s"])["artifact"]]
+    result["served_engines"] = served
 
     with tempfile.TemporaryDirectory() as scratch:
-        for name, start, path in (
-            ("peftstd serve", lambda port: serve_process(export, chosen["artifact"], chosen["runtime"], args.threads, port), "/v2/health/ready"),
-            ("FastAPI + transformers pipeline (PyTorch)", lambda port: hand_written_process(run.path, args.threads, folder.max_length,
-                                                                                            port, Path(scratch)), "/predict"),
-        ):
+        candidates = [(f"peftstd serve ({r['artifact']}, {r['runtime']})",
+                       lambda port, r=r: serve_process(export, r["artifact"], r["runtime"], args.threads, port), "/v2/health/ready", r)
+                      for r in served]
+        candidates.append((HAND, lambda port: hand_written_process(run.path, args.threads, folder.max_length, port, Path(scratch)),
+                           "/predict", None))
+        for name, start, path, engine in candidates:
             port = free_port()
             process = start(port)
             url = f"http://127.0.0.1:{port}"
             try:
                 wait_ready(url, process, path)
-                route = url + ("/v1/models/m/predict" if name == "peftstd serve" else "/predict")
+                route = url + ("/v1/models/m/predict" if engine else "/predict")
                 asyncio.run(closed_loop(route, texts, 8, 200, 10))  # warm up
                 rows = []
                 for level in levels:
                     rows.append(asyncio.run(closed_loop(route, texts, level, args.requests, args.seconds)))
                     print(f"{name} c={level}: {rows[-1]['requests_per_s']:.1f} req/s p50 {rows[-1]['p50_ms']:.1f} ms "
                           f"{rows[-1]['statuses']}", file=sys.stderr, flush=True)
-                result.setdefault("servers", {})[name] = rows
-                if name == "peftstd serve":
+                result.setdefault("servers", {})[name] = {"engine": engine, "rows": rows}
+                if engine:
                     at32 = next((r for r in rows if r["concurrency"] == 32), rows[-1])
-                    result["open_loop"] = asyncio.run(open_loop(route, texts, args.open_factor * at32["requests_per_s"], args.open_seconds))
-                    print(f"open loop: {result['open_loop']['statuses']}", file=sys.stderr, flush=True)
+                    result.setdefault("open_loop", {})[name] = asyncio.run(
+                        open_loop(route, texts, args.open_factor * at32["requests_per_s"], args.open_seconds))
+                    print(f"{name} open loop: {result['open_loop'][name]['statuses']}", file=sys.stderr, flush=True)
             finally:
                 process.terminate()
                 process.wait(timeout=60)
@@ -256,50 +321,60 @@ def main() -> int:
 
 
 def summarize(result: dict) -> None:
-    serve = {r["concurrency"]: r for r in result["servers"]["peftstd serve"]}
-    hand = {r["concurrency"]: r for r in result["servers"]["FastAPI + transformers pipeline (PyTorch)"]}
+    hand = {r["concurrency"]: r for r in result["servers"][HAND]["rows"]}
     fastest = result["fastest_engine"]
-    result["targets"] = {
-        "c32_vs_hand_written": serve[32]["requests_per_s"] / hand[32]["requests_per_s"] if 32 in serve and 32 in hand else None,
-        "c32_vs_fastest_engine": serve[32]["requests_per_s"] / fastest["batch32_texts_per_s"] if 32 in serve else None,
-        "c1_p50_minus_engine_batch1_p50_ms": serve[1]["p50_ms"] - result["served_engine"]["batch1_p50_ms"] if 1 in serve else None,
-        "open_loop_other_than_200_429_503": sum(v for k, v in result.get("open_loop", {}).get("statuses", {}).items()
-                                                 if k not in ("200", "429", "503")),
-    }
+    result["targets"] = {}
+    for name, server in result["servers"].items():
+        if server["engine"] is None:
+            continue
+        rows = {r["concurrency"]: r for r in server["rows"]}
+        result["targets"][name] = {
+            "c32_vs_hand_written": rows[32]["requests_per_s"] / hand[32]["requests_per_s"] if 32 in rows and 32 in hand else None,
+            "c32_vs_fastest_engine": rows[32]["requests_per_s"] / fastest["batch32_texts_per_s"] if 32 in rows else None,
+            "c32_vs_own_engine": rows[32]["requests_per_s"] / server["engine"]["batch32_texts_per_s"] if 32 in rows else None,
+            "c1_p50_minus_engine_batch1_p50_ms": rows[1]["p50_ms"] - server["engine"]["batch1_p50_ms"] if 1 in rows else None,
+            "open_loop_other_than_200_429_503": sum(v for k, v in result["open_loop"][name]["statuses"].items() if k not in ("200", "429", "503")),
+        }
 
 
 def markdown(result: dict) -> str:
-    machine, targets = result["machine"], result["targets"]
+    machine = result["machine"]
     lines = [f"# peftstd serve under load: `{Path(result['export']).name}`", "", f"`{result['command']}`", "",
              f"{machine['cpu']}, {machine['cores']} cores ({', '.join(machine['isa'])}), {result['threads']} threads; "
              f"onnxruntime {result['versions'].get('onnxruntime')}, openvino {result['versions'].get('openvino')}, "
              f"torch {result['versions'].get('torch')}; {result['created']}. {result['texts']} test texts "
-             f"(mean {result['mean_words']:.1f} words), one text per request; client and server share the machine.", "",
-             "## Engines alone (no HTTP, tokenization included)", "",
+             f"(mean {result['mean_words']:.1f} words), one text per request; the load generator (a minimal asyncio HTTP/1.1 "
+             "client, 0.1 ms of CPU per request) and the servers share the machine's cores.", "",
+             "## Engines alone (no HTTP)", "",
+             "Batch 1: one text at a time, tokenization included. Batch 32: rows sorted by length in batches of 32, as the "
+             "server's batcher groups them, tokenization excluded (it happens on arrival).", "",
              "| artifact | runtime | batch-independent | batch 1 p50 ms | batch 32 texts/s | test metric |", "|---|---|---|---|---|---|"]
     for r in result["engines"]:
+        metric = f"{r['test_metric']:.4f}" if r["test_metric"] is not None else "-"
         lines.append(f"| {r['artifact']} | {r['runtime']} | {'yes' if r['batch_independent'] else 'no (rows run one at a time)'} | "
-                     f"{r['batch1_p50_ms']:.2f} | {r['batch32_texts_per_s']:.0f} | {r['test_metric']:.4f} |")
-    served = result["served_engine"]
-    lines += ["", f"Served: **{served['artifact']} on {served['runtime']}** (the fastest batch-independent engine); fastest engine "
-              f"overall: {result['fastest_engine']['artifact']} on {result['fastest_engine']['runtime']}.", "",
+                     f"{r['batch1_p50_ms']:.2f} | {r['batch32_texts_per_s']:.0f} | {metric} |")
+    fastest = result["fastest_engine"]
+    lines += ["", f"Fastest engine: {fastest['artifact']} on {fastest['runtime']}. Served: the fastest batch-independent "
+              "artifact on each runtime.", "",
               "## Closed loops", "", "| server | concurrency | requests | requests/s | p50 ms | p95 ms | p99 ms | statuses |",
               "|---|---|---|---|---|---|---|---|"]
-    for name, rows in result["servers"].items():
-        for r in rows:
+    for name, server in result["servers"].items():
+        for r in server["rows"]:
             lines.append(f"| {name} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | "
                          f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['statuses']} |")
-    if "open_loop" in result:
-        o = result["open_loop"]
-        lines += ["", "## Open loop above capacity", "",
-                  f"{o['rate']:.0f} requests/s for {o['seconds']:.1f} s ({o['sent']} sent): statuses {o['statuses']}; "
-                  f"{o['ok_per_s']:.1f} answered/s; answered p50 {o['ok']['p50_ms']:.1f} ms, p99 {o['ok']['p99_ms']:.1f} ms; "
-                  f"rejected p50 {o['rejected']['p50_ms']:.1f} ms, p99 {o['rejected']['p99_ms']:.1f} ms."]
-    lines += ["", "## Against the targets", "",
-              f"- concurrency 32, peftstd serve / hand-written pipeline server: **{targets['c32_vs_hand_written']:.2f}x** (target 3x)",
-              f"- concurrency 32, peftstd serve / fastest engine alone at batch 32: **{targets['c32_vs_fastest_engine']:.2f}** (target 0.8)",
-              f"- concurrency 1, p50 minus the served engine's batch-1 p50: **{targets['c1_p50_minus_engine_batch1_p50_ms']:+.2f} ms** (target within 2 ms)",
-              f"- open loop, responses other than 200/429/503: **{targets['open_loop_other_than_200_429_503']}** (target 0)"]
+    lines += ["", "## Open loop above capacity", ""]
+    for name, o in result.get("open_loop", {}).items():
+        lines.append(f"- {name}: {o['rate']:.0f} requests/s for {o['seconds']:.1f} s ({o['sent']} sent): statuses {o['statuses']}; "
+                     f"{o['ok_per_s']:.1f} answered/s; answered p50 {o['ok']['p50_ms']:.1f} ms, p99 {o['ok']['p99_ms']:.1f} ms; "
+                     f"rejected p50 {o['rejected']['p50_ms']:.1f} ms, p99 {o['rejected']['p99_ms']:.1f} ms.")
+    lines += ["", "## Against the targets", ""]
+    for name, t in result["targets"].items():
+        lines += [f"{name}:",
+                  f"- concurrency 32 / hand-written pipeline server: **{t['c32_vs_hand_written']:.2f}x** (target 3x)",
+                  f"- concurrency 32 / fastest engine alone at batch 32: **{t['c32_vs_fastest_engine']:.2f}** (target 0.8); "
+                  f"/ its own engine alone: {t['c32_vs_own_engine']:.2f}",
+                  f"- concurrency 1 p50 minus its engine's batch-1 p50: **{t['c1_p50_minus_engine_batch1_p50_ms']:+.2f} ms** (target within 2 ms)",
+                  f"- open loop, responses other than 200/429/503: **{t['open_loop_other_than_200_429_503']}** (target 0)", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -310,7 +385,8 @@ def chart(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, rows in result["servers"].items():
+    for name, server in result["servers"].items():
+        rows = server["rows"]
         axes[0].plot([r["concurrency"] for r in rows], [r["requests_per_s"] for r in rows], "o-", label=name)
         axes[1].plot([r["concurrency"] for r in rows], [r["p99_ms"] for r in rows], "o-", label=name)
     axes[0].axhline(result["fastest_engine"]["batch32_texts_per_s"], color="grey", linestyle="--", label="fastest engine alone, batch 32")

@@ -37,7 +37,7 @@ for binary in (False, True):
     text.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_), binary_data=binary)
     outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("label", "probabilities")]
     result = client.infer("m", [text], outputs=outputs)
-    out[f"text_binary_{binary}"] = {"label": [v.decode() for v in result.as_numpy("label")],
+    out[f"text_binary_{binary}"] = {"label": [v.decode() if isinstance(v, bytes) else str(v) for v in result.as_numpy("label")],
                                     "probabilities": result.as_numpy("probabilities").tolist()}
 inputs = []
 for name, values in (("input_ids", ids), ("attention_mask", mask)):

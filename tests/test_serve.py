@@ -446,3 +446,15 @@ def test_openvino_runs_the_same_files_judged_by_the_gate(exported, start):
     listing = httpx.get(f"{server.url}/v1/models/m").json()
     assert listing["runtime"] == "openvino" and listing["device"].startswith("openvino")
     assert predict(server, "m", TEXTS[:2]).status_code == 200
+
+
+def test_v2_token_ids_without_token_type_ids_are_one_segment(exported, start):
+    """tritonclient users send the tokenizer's input_ids and attention_mask only (found by the stock-client check)."""
+    server = start(f"m={exported}", "--artifact", "fp32")
+    ids = {"input_ids": [[2, 10, 11, 3]], "attention_mask": [[1, 1, 1, 1]]}
+    body = {"inputs": [{"name": k, "datatype": "INT64", "shape": [1, 4], "data": v} for k, v in ids.items()]}
+    response = httpx.post(f"{server.url}/v2/models/m/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    with_types = {**body, "inputs": body["inputs"] + [{"name": "token_type_ids", "datatype": "INT64", "shape": [1, 4], "data": [[0] * 4]}]}
+    same = httpx.post(f"{server.url}/v2/models/m/infer", json=with_types, timeout=30)
+    assert response.json()["outputs"][0]["data"] == same.json()["outputs"][0]["data"]

@@ -121,6 +121,8 @@ class Predictor:
         row = {"input_ids": list(input_ids), "attention_mask": list(attention_mask or [1] * len(input_ids))}
         if token_type_ids is not None:
             row["token_type_ids"] = list(token_type_ids)
+        elif "token_type_ids" in self.engine.input_names:  # one segment, as the tokenizer would give a single text
+            row["token_type_ids"] = [0] * len(input_ids)
         if any(len(v) != len(input_ids) for v in row.values()):
             raise InputError("input_ids, attention_mask and token_type_ids must have the same length")
         return Encoded([row], raw=True)

@@ -52,19 +52,26 @@ class BatchStats:
     dropped_deadline: int = 0
     dropped_disconnected: int = 0
     last_batch_rows: int = 0
+    model_seconds: float = 0.0
 
 
-def plan_batch(queue: list[Pending], max_rows: int, max_tokens: int) -> list[Pending]:
-    """The oldest input, then the waiting inputs nearest to it in length, within both budgets. The oldest goes
+def plan_batch(queue: list[Pending], max_rows: int, max_tokens: int, max_padding: float = 1.0) -> list[Pending]:
+    """The oldest input, then the waiting inputs nearest to it in length, within both budgets and while padding
+    stays within `max_padding` of the batch's tokens (the rest wait for the next call, which comes as soon as this
+    one ends: a second call of similar lengths costs less than padding every row to the longest). The oldest goes
     in even when it alone exceeds the token budget (a long QA context): it must be served some time."""
     oldest = queue[0]
     chosen, rows, longest = [oldest], oldest.rows, oldest.item.length
+    real = sum(len(r["input_ids"]) for r in oldest.item.rows)
     for pending in sorted(queue[1:], key=lambda p: abs(p.item.length - oldest.item.length)):
         new_rows, new_longest = rows + pending.rows, max(longest, pending.item.length)
+        new_real = real + sum(len(r["input_ids"]) for r in pending.item.rows)
         if new_rows > max_rows or new_rows * new_longest > max_tokens:
             continue
+        if 1 - new_real / (new_rows * new_longest) > max_padding:
+            break  # the rest are further from the oldest's length still
         chosen.append(pending)
-        rows, longest = new_rows, new_longest
+        rows, longest, real = new_rows, new_longest, new_real
         if rows == max_rows:
             break
     return chosen
@@ -72,10 +79,11 @@ def plan_batch(queue: list[Pending], max_rows: int, max_tokens: int) -> list[Pen
 
 class ModelWorker:
     def __init__(self, name: str, predictor: Predictor, max_batch_size: int, max_batch_tokens: int, max_queue: int,
-                 max_wait_ms: float = 0.0):
+                 max_wait_ms: float = 0.0, max_padding: float = 1.0):
         self.name, self.predictor = name, predictor
         self.max_batch_size, self.max_batch_tokens, self.max_queue = max_batch_size, max_batch_tokens, max_queue
         self.max_wait = max_wait_ms / 1000
+        self.max_padding = max_padding
         self.queue: list[Pending] = []
         self.busy = False
         self.stats = BatchStats()
@@ -139,7 +147,7 @@ class ModelWorker:
                     self.drop_stale()
                     if not self.queue:
                         break
-                batch = plan_batch(self.queue, self.max_batch_size, self.max_batch_tokens)
+                batch = plan_batch(self.queue, self.max_batch_size, self.max_batch_tokens, self.max_padding)
                 taken = {id(p) for p in batch}
                 self.queue = [p for p in self.queue if id(p) not in taken]
                 self.busy = True
@@ -167,5 +175,6 @@ class ModelWorker:
         self.stats.padded_tokens += padded
         self.stats.real_tokens += real
         self.stats.last_batch_rows = rows
+        self.stats.model_seconds += seconds
         if self.on_batch:
             self.on_batch(rows, padded, real, seconds)
