@@ -29,8 +29,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     from peftstd.config import RecipeConfig
+    from peftstd.config.pretrain import PretrainConfig
 
-    print(json.dumps(RecipeConfig.model_json_schema(), indent=2))
+    print(json.dumps((PretrainConfig if args.pretrain else RecipeConfig).model_json_schema(), indent=2))
     return 0
 
 
@@ -135,7 +136,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from peftstd.evaluation.evaluate import compare_targets, evaluate_target, markdown, public, summary_line
 
     targets = [Path(args.target)] + ([Path(args.compare)] if args.compare else [])
-    results = [evaluate_target(t, args.data, args.split, args.artifact if i == 0 else None, args.resamples) for i, t in enumerate(targets)]
+    results = [evaluate_target(t, args.data, args.split, args.artifact if i == 0 else None, args.resamples, args.overrides)
+               for i, t in enumerate(targets)]
     comparison = compare_targets(results[0], results[1], args.resamples) if args.compare else None
     out = Path(args.out) if args.out else targets[0] / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -273,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("overrides", nargs="*", help="dotted overrides, e.g. lora.rank=8")
     validate.set_defaults(func=cmd_validate)
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of recipe configs")
+    schema = sub.add_parser("schema", help="print the JSON Schema of recipe configs (--pretrain: of pretraining configs)")
+    schema.add_argument("--pretrain", action="store_true", help="the schema of recipes/pretrain.py configs")
     schema.set_defaults(func=cmd_schema)
 
     check = sub.add_parser("check", help="verify a run or export folder: files, sha256s, config or gate, loadable weights")
@@ -302,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="standard metrics with bootstrap intervals for a run or exported artifact")
     evaluate.add_argument("target", help="run directory or export folder")
+    evaluate.add_argument("overrides", nargs="*", help="column mapping of --data as dotted data.* keys, e.g. data.text_column=sentence")
     evaluate.add_argument("--data", help="data source (registry name, file, hub id); default: the run's own data")
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"], help="split of the run's data (default test)")
     evaluate.add_argument("--artifact", help="artifact file of an export folder (default model.onnx)")

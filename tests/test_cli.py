@@ -68,6 +68,17 @@ def test_schema_prints_the_json_schema():
     assert {"model", "data", "task", "method", "training", "evaluation", "output"} <= set(schema["properties"])
 
 
+def test_schema_prints_the_pretraining_schema_too():
+    schema = json.loads(peftstd("schema", "--pretrain").stdout)
+    assert {"objective", "masking", "block_size", "data"} <= set(schema["properties"])
+
+
+def test_pretraining_configs_refuse_fine_tune_data_keys():
+    refused = peftstd("validate", "recipes/configs/minilm_mlm_vader.yaml", "data.prompt_column=question")
+    assert refused.returncode == 2 and "data.prompt_column is a fine-tune key" in refused.stderr
+    assert peftstd("validate", "recipes/configs/minilm_mlm_vader.yaml", "data.text_column=text").returncode == 0
+
+
 def test_docs_defaults_table_is_generated_from_the_schema():
     generated = peftstd("defaults").stdout
     assert (REPO / "docs" / "defaults.md").read_text() == generated, "run: peftstd defaults > docs/defaults.md"

@@ -58,6 +58,22 @@ def test_eval_on_another_data_file_uses_all_of_its_rows(trained, tmp_path):
     assert report["results"][0]["examples"] == 30 and report["results"][0]["data"] == str(data)
 
 
+def test_eval_maps_other_column_names_and_names_them_when_missing(trained, tmp_path):
+    from conftest import synthetic_rows, write_jsonl
+
+    rows = [{"sentence": r["text"], "polarity": r["label"]} for r in synthetic_rows(24, seed=3)]
+    data = write_jsonl(tmp_path / "renamed.jsonl", rows)
+    unmapped = peftstd("eval", str(trained["lora"]), "--data", str(data), "--resamples", "20", "--out", str(tmp_path / "a"))
+    assert unmapped.returncode == 2 and "Traceback" not in unmapped.stderr
+    assert "'text'" in unmapped.stderr and "'label'" in unmapped.stderr and "['sentence', 'polarity']" in unmapped.stderr
+    mapped = peftstd("eval", str(trained["lora"]), "data.text_column=sentence", "data.label_column=polarity", "--data", str(data),
+                     "--resamples", "20", "--out", str(tmp_path / "b"))
+    assert mapped.returncode == 0, mapped.stderr[-2000:]
+    assert json.loads((tmp_path / "b" / "eval.json").read_text())["results"][0]["examples"] == 24
+    wrong = peftstd("eval", str(trained["lora"]), "lora.rank=4", "--data", str(data))
+    assert wrong.returncode == 2 and "data.* overrides only" in wrong.stderr
+
+
 def test_ensemble_averages_member_probabilities_and_is_evaluated_like_a_run(trained, exported, tmp_path):
     members = [trained["lora"], trained["adapter"], exported]
     result = peftstd("ensemble", *map(str, members), "--resamples", "100", "--out", str(tmp_path))

@@ -23,6 +23,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
+FINE_TUNE_DATA_KEYS = {"text_pair_column", "label_column", "tokens_column", "tags_column", "prompt_column", "response_column",
+                       "messages_column", "question_column", "context_column", "answers_column", "conll_separator",
+                       "conll_sentence_delimiter", "test_source"}
+
+
 class MaskingSection(Section):
     probability: float = Field(0.15, gt=0, lt=1, description="Masked-LM: share of tokens selected for prediction (of those: 80% [MASK], 10% random, 10% kept).")
     whole_word: bool = Field(False, description="Masked-LM: select whole words (all their word pieces together, all replaced by [MASK]) instead of single pieces.")
@@ -54,6 +59,16 @@ class PretrainConfig(Section):
     training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation settings (learning rate: 5e-5 full, 5e-4 LoRA when omitted).")
     evaluation: PretrainEvaluation = Field(default_factory=PretrainEvaluation, description="Validation loss, perplexity and (masked-LM) accuracy.")
     output: OutputSection = Field(default_factory=OutputSection, description="Run directory settings.")
+
+    @model_validator(mode="after")
+    def _corpus_keys_only(self) -> PretrainConfig:
+        """The data section is the fine-tune one; its task-specific columns mean nothing to a corpus."""
+        ignored = sorted(k for k in self.data.model_fields_set & FINE_TUNE_DATA_KEYS
+                         if getattr(self.data, k) != DataSection.model_fields[k].default)  # resolved configs write defaults out
+        if ignored:
+            raise ValueError(f"data.{ignored[0]} is a fine-tune key that pretraining never reads; a corpus uses data.source, "
+                             "data.text_column, data.validation_source, data.split, data.split_seed, data.max_train_samples and data.bad_rows")
+        return self
 
     @model_validator(mode="after")
     def _scratch_is_full(self) -> PretrainConfig:

@@ -97,6 +97,17 @@ def read_file(path: Path, section, bad: list[str], task: str = "text-classificat
     return examples
 
 
+def source_columns(spec: str) -> list[str]:
+    """The columns of a local jsonl/json/csv/tsv/parquet file's first row (for error messages), or [] when unknown."""
+    path = Path(spec).expanduser()
+    suffix = path.suffix.lower()
+    try:
+        records = read_jsonl(path) if suffix in (".jsonl", ".json") else read_table(path, suffix) if suffix in FILE_SUFFIXES else []
+        return list(next(iter(records))[1]) if records else []
+    except (DataError, OSError, StopIteration):
+        return []
+
+
 def read_jsonl(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
     raw = path.read_bytes()
     try:

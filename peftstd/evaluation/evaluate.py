@@ -46,10 +46,11 @@ def predictor(target: Path, artifact: str | None) -> Predictor:
     return Predictor(target.name, target, lambda data: torch_logits(loaded.model, loaded.tokenizer, data, 32, run.max_length))
 
 
-def evaluation_data(run_dir: Path, data_spec: str | None, split: str):
-    """The labelled examples to score: a split of the run's own data, or every row of another source."""
+def evaluation_data(run_dir: Path, data_spec: str | None, split: str, overrides: list[str] = ()):
+    """The labelled examples to score: a split of the run's own data, or every row of another source, read with
+    the run's column mapping unless `overrides` (dotted `data.*` keys, as the recipe takes them) change it."""
     from peftstd.config import load_config
-    from peftstd.data.sources import read_source
+    from peftstd.data.sources import read_source, source_columns
     from peftstd.runtime.folders import RunFolder
     from peftstd.runtime.taskdata import run_splits, task_data
     from peftstd.tasks import get_task
@@ -58,17 +59,26 @@ def evaluation_data(run_dir: Path, data_spec: str | None, split: str):
     labels = run.labels
     if run.task != "text-classification":
         raise UserError(f"peftstd eval supports text-classification runs so far; this run is {run.task}")
+    not_data = [o for o in overrides if not o.startswith("data.")]
+    if not_data:
+        raise UserError(f"{not_data[0]!r}: eval takes data.* overrides only (e.g. data.text_column=sentence data.label_column=polarity)")
+    if overrides and data_spec is None:
+        raise UserError("data.* overrides apply to --data; without it the run's own split is read as the run read it")
     if data_spec is None:
         cfg, splits = run_splits(run_dir, run.raw_manifest)  # sha256-checked
         rows = dict(splits.items())[split]
         source = f"{cfg.data.source} [{split}]"
     else:
-        cfg = load_config(run_dir / "config.yaml")
+        cfg = load_config(run_dir / "config.yaml", list(overrides))
         bad: list[str] = []
         named = read_source(data_spec, cfg.data, bad, cfg.task.type)
         rows = named.get(split) or named["train"]
         if bad:
-            raise UserError(f"{len(bad)} row(s) of {data_spec} have no text or label ({', '.join(bad[:3])})")
+            columns = source_columns(data_spec)
+            found = f"; its columns are {columns}" if columns else ""
+            raise UserError(f"{len(bad)} row(s) of {data_spec} have no text in column {cfg.data.text_column!r} or no label in column "
+                            f"{cfg.data.label_column!r} ({', '.join(bad[:3])}){found}; map them with data.text_column=NAME "
+                            "data.label_column=NAME")
         source = data_spec
     unknown = sorted({r.label for r in rows} - set(labels))
     if unknown:
@@ -76,9 +86,10 @@ def evaluation_data(run_dir: Path, data_spec: str | None, split: str):
     return task_data(rows, labels), source, get_task(cfg.task.type, labels, cfg.task.model_dump())
 
 
-def evaluate_target(target: Path, data_spec: str | None, split: str, artifact: str | None, resamples: int = 1000) -> dict:
+def evaluate_target(target: Path, data_spec: str | None, split: str, artifact: str | None, resamples: int = 1000,
+                    overrides: list[str] = ()) -> dict:
     model = predictor(target, artifact)
-    data, source, task = evaluation_data(model.run_dir, data_spec, split)
+    data, source, task = evaluation_data(model.run_dir, data_spec, split, overrides)
     return {"target": str(target), **score(model.name, model.logits(data), data, source, task, resamples)}
 
 
