@@ -22,11 +22,19 @@ GATE_FAILED_EXIT_CODE = 1
 EXPORTABLE_TASKS = tuple(TASK_METRICS)  # every fine-tune task
 
 
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class Stages:
-    """A progress line per stage with its wall time; the timings go into export.json."""
+    """A progress line per stage with its wall time and the peak memory by its end; both go into export.json."""
 
     def __init__(self):
         self.timings: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -34,7 +42,8 @@ class Stages:
         started = time.perf_counter()
         yield
         self.timings[name] = time.perf_counter() - started
-        print(f"[export] {name} done in {self.timings[name]:.1f} s", file=sys.stderr, flush=True)
+        self.peak_rss_mb[name] = peak_rss_mb()
+        print(f"[export] {name} done in {self.timings[name]:.1f} s (peak memory {self.peak_rss_mb[name]:.0f} MB)", file=sys.stderr, flush=True)
 
 
 def check_request(run_dir: Path, profile: ExportProfile) -> None:
@@ -225,7 +234,7 @@ def finish(folder: Path, report: dict, passed: bool, task, max_length: int, labe
     write_json(folder / "labels.json", labels)
     report.update({"status": "passed" if passed else "failed", "task": task.name,
                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "max_length": max_length, "ops": ops,
-                   "timings_s": stages.timings,
+                   "timings_s": stages.timings, "peak_rss_mb": stages.peak_rss_mb,
                    "files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}})
     write_json(folder / "export.json", report)
     run_card = run_dir / "README.md"
@@ -276,7 +285,8 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
         return reference_points - metric_points(task, logits(path, search), search.label_ids)
 
     target = profile.budget / 2
-    stage: dict = {"isa": quantize.int8_isa(), "calibration": "percentile 99.999", "search_examples": len(search.texts),
+    stage: dict = {"isa": quantize.int8_isa(), "calibration": "percentile 99.999", "calibration_examples": len(calibration.texts),
+                   "calibration_batches": len(feeds), "calibration_streamed": "one batch of 8 at a time", "search_examples": len(search.texts),
                    "search_target_points": target, "artifacts": {}}
     out: dict[str, Path] = {}
 
