@@ -165,3 +165,33 @@ def test_gate_table_prints_whole_names_when_not_a_terminal(exported, capsys):
     for name in ("model.int8-static.onnx", "model.int8.onnx", "int8-dynamic", "int8-static", "on openvino"):
         assert name in table, table
     assert "…" not in table
+
+
+def test_a_failing_artifact_is_not_shipped_when_another_of_its_kind_passed(tmp_path):
+    """The shipped NER config: static int8 missed the budget by 2.45 points while dynamic int8 passed, and the user who
+    asked for int8 got exit 1 and no usable folder."""
+    from peftstd.export.pipeline import ship_passing
+
+    def setup(static_passes_too: bool, dynamic_passes: bool):
+        files = {name: tmp_path / f"{name}.onnx" for name in ("fp32", "int8-dynamic", "int8-static")}
+        for path in files.values():
+            path.write_bytes(b"onnx")
+        gate = [{"artifact": "fp32", "passed": True, "metric_passed": True, "drop_points": 0.0},
+                {"artifact": "int8-dynamic", "passed": dynamic_passes, "metric_passed": dynamic_passes, "drop_points": 0.4},
+                {"artifact": "int8-static", "passed": static_passes_too, "metric_passed": static_passes_too, "drop_points": 2.45}]
+        return files, gate
+
+    files, gate = setup(static_passes_too=False, dynamic_passes=True)
+    assert ship_passing(gate, dict(files))
+    assert not files["int8-static"].exists() and files["int8-dynamic"].exists() and files["fp32"].exists()
+    assert gate[2]["shipped"] is False and "2.45" in gate[2]["not_shipped"] and gate[1]["shipped"] is True
+    files, gate = setup(static_passes_too=False, dynamic_passes=False)
+    assert not ship_passing(gate, dict(files)) and all(p.exists() for p in files.values())  # no int8 passed: diagnosis kept
+
+
+def test_gate_records_the_bootstrap_interval_of_each_drop(exported):
+    report = json.loads((exported / "export.json").read_text())
+    for record in report["gate"]["artifacts"]:
+        low, high = record["drop_points_ci95"]
+        assert low <= high and (low <= record["drop_points"] <= high or record["drop_points"] == 0)
+    assert all(r["shipped"] for r in report["gate"]["artifacts"])

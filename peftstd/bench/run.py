@@ -49,7 +49,7 @@ def build_backends(model, export: Path | None, feed, threads: int, names: set[st
     if export is not None:
         runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
         for runtime in runtimes:
-            for record in ExportFolder(export).record.gate.artifacts:
+            for record in ExportFolder(export).artifacts().values():
                 name = f"{runtime}-{record.artifact}"
                 factories[name] = lambda r=record, n=name, rt=runtime: engine_backend(n, export / r.file, feed, threads, rt)
     return [make() for name, make in factories.items() if names is None or name in names]

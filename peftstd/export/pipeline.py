@@ -194,6 +194,8 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
                 record = judge(name, logits, reference, exported_test_logits if name == "fp32" else None,
                                task, test.label_ids, profile.budget, profile.parity_for(generative=False))
                 record["file"] = path.name
+                if task.name in ("text-classification", "token-classification"):
+                    record["drop_points_ci95"] = drop_interval(task, trained_test_logits, logits, test.label_ids)
                 if name == "fp32" and not record["parity_passed"]:
                     record["worst_layer"] = worst_initializer(path, exported)
                 if openvino and path.suffix == ".onnx" and name != "fp16":
@@ -205,7 +207,7 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
                 gate.append(record)
             report["gate"] = {"split": "test", "examples": len(splits.test), "metric": task.primary_metric, "trained_metric": reference / 100,
                               "budget_points": profile.budget, "parity_tolerance": profile.parity_for(generative=False), "artifacts": gate}
-            passed = all(r["passed"] for r in gate)
+            passed = ship_passing(gate, artifacts)
 
         if profile.speed_check and profile.format == "onnx":
             from peftstd.export.speed import speed_check
@@ -222,6 +224,40 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
                       stages, run_dir)
 
     return write_export(out_dir, report, fill)
+
+
+def artifact_kind(name: str) -> str:
+    """What a user asked for: fp32, int8 (dynamic, static or QDQ) or fp16."""
+    return "int8" if name.startswith("int8") else name
+
+
+def ship_passing(gate: list[dict], artifacts: dict[str, Path]) -> bool:
+    """True when every requested kind has an artifact that passed the gate. Then the artifacts that failed are
+    removed from the folder (their gate records stay, with the reason): a user who asked for int8 gets the int8
+    artifact that passed instead of exit 1 and nothing usable. When a kind has none, everything stays for
+    diagnosis and the export fails."""
+    kinds = {artifact_kind(r["artifact"]) for r in gate}
+    if not all(any(r["passed"] for r in gate if artifact_kind(r["artifact"]) == kind) for kind in kinds):
+        return False
+    for record in gate:
+        record["shipped"] = record["passed"]
+        if not record["passed"]:
+            artifacts.pop(record["artifact"]).unlink()
+            why = f"drop of {record['drop_points']:.2f} points exceeds the budget" if not record["metric_passed"] else "parity failed"
+            record["not_shipped"] = f"{why}; another {artifact_kind(record['artifact'])} artifact passed"
+    return True
+
+
+def drop_interval(task, trained_logits, logits, label_ids, resamples: int = 300) -> list[float]:
+    """95% paired-bootstrap interval of an artifact's drop in points against the trained model on the same test
+    examples: a point estimate on a few hundred examples is noise as often as damage."""
+    from peftstd.evaluation.bootstrap import paired_test
+
+    def metric(values):
+        return lambda idx: task.metrics(values[idx], label_ids[idx])[task.primary_metric]
+
+    low, high = paired_test(metric(logits), metric(trained_logits), len(label_ids), resamples)["ci95"]
+    return [100 * low, 100 * high]
 
 
 def finish(folder: Path, report: dict, passed: bool, task, max_length: int, labels: list[str], ops: dict, stages: Stages,
@@ -336,18 +372,23 @@ def print_gate(report: dict, out_dir: Path) -> None:
     gate = report["gate"]
     table = Table(title=f"export gate on {gate['examples']} held-out test examples (trained {gate['artifacts'][0]['metric']} {gate['trained_metric']:.4f})")
     change = "rise (%)" if gate["metric"] == "perplexity" else "drop (points)"
-    for column in ("artifact", "file", gate["metric"], change, "max |Δlogit|", "size MB", "result", "on openvino"):
+    for column in ("artifact", "file", gate["metric"], change, "95% CI", "max |Δlogit|", "size MB", "result", "on openvino"):
         table.add_column(column)
     for record in gate["artifacts"]:
-        ov = record.get("openvino")
+        ov, ci = record.get("openvino"), record.get("drop_points_ci95")
+        size = report["sizes_mb"].get(record["file"])
+        result = ("pass" if record["passed"] else "FAIL") + ("" if record.get("shipped", True) else ", removed")
         table.add_row(record["artifact"], record["file"], f"{record['value']:.4f}", f"{record['drop_points']:+.2f}",
+                      f"{ci[0]:+.2f} to {ci[1]:+.2f}" if ci else "-",
                       f"{record['max_abs_logit_difference']:.1e}" if "max_abs_logit_difference" in record else "-",
-                      f"{report['sizes_mb'][record['file']]:.1f}", "pass" if record["passed"] else "FAIL",
+                      f"{size:.1f}" if size is not None else "-", result,
                       f"{ov['value']:.4f} {'pass' if ov['passed'] else 'FAIL'}" if ov else "-")
     console = make_console()
     console.print(table)
     for record in gate["artifacts"]:
-        if not record["passed"]:
+        if not record.get("shipped", True):
+            console.print(f"peftstd: {record['artifact']} not shipped: {record['not_shipped']}")
+        elif not record["passed"]:
             worst = record.get("worst_layer")
             why = f"; worst layer {worst['layer']} (max |Δ| {worst['max_abs_difference']:.2e})" if worst else ""
             console.print(f"peftstd: export gate failed for {record['artifact']}: drop {record['drop_points']:.2f} points"

@@ -124,7 +124,8 @@ Package versions, hardware and hashes are in `manifest.json`; the resolved confi
 def gate_row(record: dict[str, Any], sizes_mb: dict[str, float]) -> str:
     parity = f"{record['max_abs_logit_difference']:.1e}" if "max_abs_logit_difference" in record else "-"
     return (f"| `{record['file']}` | {record['artifact']} | {record['value']:.4f} | {record['drop_points']:+.2f} | {parity} | "
-            f"{sizes_mb[record['file']]:.1f} | {'pass' if record['passed'] else 'FAIL'} |")
+            f"{sizes_mb[record['file']]:.1f} | {'pass' if record['passed'] else 'FAIL'} |" if record.get("shipped", True) else
+            "- | FAIL, not shipped |")
 
 
 def loading_hint(task_name: str, kv_cache: bool = True) -> str:

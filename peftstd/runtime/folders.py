@@ -217,8 +217,9 @@ class ExportFolder:
         return datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).isoformat(timespec="seconds")
 
     def artifacts(self) -> dict[str, GateArtifact]:
-        """Gate records by artifact kind ('fp32', 'int8-dynamic', ...)."""
-        return {a.artifact: a for a in self.record.gate.artifacts}
+        """Gate records of the artifacts in the folder by kind ('fp32', 'int8-dynamic', ...); artifacts that failed
+        while another of their kind passed were not shipped and are left out."""
+        return {a.artifact: a for a in self.record.gate.artifacts if getattr(a, "shipped", True)}
 
     def artifact(self, name: str) -> GateArtifact:
         """The gate record of an artifact named by kind ('int8-static'), file ('model.int8.onnx') or 'int8'
@@ -228,6 +229,11 @@ class ExportFolder:
         if name == "int8":
             name = next((k for k in ("int8-static", "int8-dynamic", "int8-weights", "int8-qdq") if k in records), name)
         found = records.get(name) or by_file.get(name) or (records.get("fp32") if name == "model.onnx" else None)
+        removed = {a.artifact: a for a in self.record.gate.artifacts if not getattr(a, "shipped", True)}
+        removed.update({a.file: a for a in removed.values()})
+        if found is None and name in removed:
+            raise UserError(f"{name!r} failed the export gate and was not shipped ({getattr(removed[name], 'not_shipped', '')}); "
+                            f"artifacts here: {', '.join(sorted(records))}")
         if found is None:
             allowed = ", ".join(sorted(records) + sorted(by_file))
             raise UserError(f"{name!r} is not an artifact of {str(self.path)!r}; artifacts here: {allowed}")
