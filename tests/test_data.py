@@ -83,3 +83,22 @@ def test_subword_features_keep_lengths_and_count_truncation(tiny_model, tmp_path
     assert max(encoded.lengths) == 8
     assert encoded.truncated == sum(len(row.text.split()) + 2 > 8 for row in rows)
     assert {f["labels"] for f in encoded.features} == {0, 1}
+
+
+def test_a_split_with_its_own_file_wastes_none_of_source(tmp_path):
+    """With data.test_source, source used to be cut 80/10/10 and its 10% test share thrown away."""
+    from peftstd.errors import ConfigError
+
+    train = write_jsonl(tmp_path / "train.jsonl", synthetic_rows(100, seed=1))
+    test = write_jsonl(tmp_path / "test.jsonl", synthetic_rows(30, seed=2))
+    splits = load_splits(load_config(None, [f"data.source={train}", f"data.test_source={test}"]).data)
+    assert len(splits.train) + len(splits.validation) == 100 and len(splits.test) == 30
+    assert len(splits.validation) == 11  # 0.1 of 0.9, rounded: the test share went to train and validation in proportion
+    assert "(split, 0.889)" in splits.sources["train"] and splits.sources["test"] == str(test)
+    explicit = load_splits(load_config(None, [f"data.source={train}", f"data.test_source={test}", "data.split.train=0.9",
+                                              "data.split.validation=0.1", "data.split.test=0"]).data)
+    assert len(explicit.train) + len(explicit.validation) == 100
+    both = load_splits(load_config(None, [f"data.source={train}", f"data.test_source={test}", f"data.validation_source={test}"]).data)
+    assert len(both.train) == 100
+    with pytest.raises(ConfigError, match="data.split.test is 0 but data.test_source is not set"):
+        load_config(None, [f"data.source={train}", "data.split.train=0.9", "data.split.validation=0.1", "data.split.test=0"])

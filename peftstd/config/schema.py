@@ -33,8 +33,9 @@ class ModelSection(Section):
 
 class SplitFractions(Section):
     train: float = Field(0.8, gt=0, lt=1, description="Fraction of a single source used for training.")
-    validation: float = Field(0.1, gt=0, lt=1, description="Fraction used for validation (model selection, early stopping).")
-    test: float = Field(0.1, gt=0, lt=1, description="Fraction held out for the final test metrics.")
+    validation: float = Field(0.1, ge=0, lt=1, description="Fraction used for validation (model selection, early stopping); "
+                              "0 when data.validation_source holds the validation split.")
+    test: float = Field(0.1, ge=0, lt=1, description="Fraction held out for the final test metrics; 0 when data.test_source holds the test split.")
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitFractions:
@@ -67,6 +68,13 @@ class DataSection(Section):
     split_seed: int = Field(1234, description="Seed of the deterministic split (independent of the training seed).")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training examples (quick runs).")
     bad_rows: Literal["error", "skip"] = Field("error", description="Rows with missing text or label: stop with file/line numbers, or skip and count them.")
+
+    @model_validator(mode="after")
+    def _empty_split_has_a_file(self) -> DataSection:
+        for name in ("validation", "test"):
+            if getattr(self.split, name) == 0 and not getattr(self, f"{name}_source"):
+                raise ValueError(f"data.split.{name} is 0 but data.{name}_source is not set; a {name} split must come from somewhere")
+        return self
 
 
 class TaskSection(Section):

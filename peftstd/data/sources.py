@@ -35,9 +35,17 @@ def load_splits(section, task: str = "text-classification") -> Splits:
         train, validation, test = named["train"], named["validation"], named["test"]
         sources.update(validation=section.source, test=section.source)
     else:
-        fractions = (section.split.train, section.split.validation, section.split.test)
+        # A split with a file of its own takes nothing from `source`: its fraction goes to the others, in proportion,
+        # instead of being cut out and thrown away.
+        own = {"validation": bool(section.validation_source), "test": bool(section.test_source)}
+        fractions = (section.split.train, 0.0 if own["validation"] else section.split.validation, 0.0 if own["test"] else section.split.test)
+        if any(own.values()):
+            fractions = tuple(f / sum(fractions) for f in fractions)
         train, validation, test = split_examples(named["train"], fractions, section.split_seed)
-        sources.update(validation=f"{section.source} (split)", test=f"{section.source} (split)")
+        share = {name: f"{section.source} (split, {fraction:.3f})" for name, fraction in zip(("train", "validation", "test"), fractions)}
+        sources.update(validation=share["validation"], test=share["test"])
+        if any(own.values()):
+            sources["train"] = share["train"]
     if section.validation_source:
         validation = read_source(section.validation_source, section, bad, task)["train"]
         sources["validation"] = section.validation_source

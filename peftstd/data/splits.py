@@ -13,6 +13,6 @@ def split_examples(
     """Shuffle with `seed` (numpy's PCG64, stable across platforms) and cut by `fractions`."""
     order = np.random.default_rng(seed).permutation(len(rows))
     n_train = round(fractions[0] * len(rows))
-    n_validation = round(fractions[1] * len(rows))
+    n_validation = round(fractions[1] * len(rows)) if fractions[2] else len(rows) - n_train  # no test: the rest validates
     picked = [rows[i] for i in order]
     return picked[:n_train], picked[n_train : n_train + n_validation], picked[n_train + n_validation :]
