@@ -302,7 +302,8 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
     from peftstd.runtime.inference import batches, onnx_logits, onnx_session
 
     work = Path(tempfile.mkdtemp(dir=Path.cwd()))  # inside the export's scratch directory
-    prepared = quantize.preprocess(fp32_path, work / "prepared.onnx")
+    prepared = work / "prepared.onnx"
+    preprocessing = quantize.preprocess(fp32_path, prepared)
     input_names = {i.name for i in onnx_session(fp32_path).get_inputs()}
     longest = max(int(batch["attention_mask"].sum(-1).max()) for batch in batches(loaded.tokenizer, calibration, 256, max_length))
     feeds = [{k: v for k, v in feed.items() if k in input_names}
@@ -321,7 +322,7 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
         return reference_points - metric_points(task, logits(path, search), search.label_ids)
 
     target = profile.budget / 2
-    stage: dict = {"isa": quantize.int8_isa(), "calibration": "percentile 99.999", "calibration_examples": len(calibration.texts),
+    stage: dict = {"isa": quantize.int8_isa(), "preprocessing": preprocessing, "calibration": "percentile 99.999", "calibration_examples": len(calibration.texts),
                    "calibration_batches": len(feeds), "calibration_streamed": "one batch of 8 at a time", "search_examples": len(search.texts),
                    "search_target_points": target, "artifacts": {}}
     out: dict[str, Path] = {}

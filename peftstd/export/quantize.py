@@ -25,16 +25,22 @@ def int8_isa() -> dict:
     return {"int8_units": found, "reduce_range": not found}
 
 
-def preprocess(src: Path, dst: Path) -> Path:
-    """Symbolic shape inference and graph clean-up that ONNX Runtime recommends before quantizing."""
+def preprocess(src: Path, dst: Path) -> str:
+    """The shape inference and graph clean-up ONNX Runtime recommends before quantizing, into `dst`; says which ran.
+
+    Symbolic shape inference fails on torch's dynamo-exported graphs ("Incomplete symbolic shape inference"); ONNX's
+    own shape inference with ORT's optimization then still runs and tags the model as pre-processed (without it the
+    quantizer warns dozens of times, rightly)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
-        return dst
-    except Exception:  # noqa: BLE001 - shape inference does not cover every exported graph; quantizing the raw graph still works
-        shutil.copy(src, dst)
-        return dst
+    for skip_symbolic, what in ((False, "symbolic shape inference + ORT optimization"), (True, "ONNX shape inference + ORT optimization")):
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
+            return what
+        except Exception:  # noqa: BLE001, S112 - shape inference does not cover every exported graph; the next step down still works
+            continue
+    shutil.copy(src, dst)
+    return "none (shape inference failed; the raw graph is quantized)"
 
 
 def quantizable_nodes(path: Path) -> list[str]:
