@@ -195,3 +195,14 @@ def test_gate_records_the_bootstrap_interval_of_each_drop(exported):
         low, high = record["drop_points_ci95"]
         assert low <= high and (low <= record["drop_points"] <= high or record["drop_points"] == 0)
     assert all(r["shipped"] for r in report["gate"]["artifacts"])
+
+
+def test_quantization_runs_on_a_preprocessed_graph_without_warnings(exported):
+    """Symbolic shape inference fails on dynamo graphs; the quantizer then warned dozens of times per export."""
+    report = json.loads((exported / "export.json").read_text())
+    assert report["stages"]["quantize"]["preprocessing"].startswith(("symbolic", "ONNX shape inference"))
+
+
+def test_finished_runs_load_without_the_untrained_head_warning(trained, tmp_path):
+    result = peftstd("eval", str(trained["lora"]), "--resamples", "10", "--out", str(tmp_path))
+    assert result.returncode == 0 and "TRAIN this model" not in result.stderr and "newly initialized" not in result.stderr
