@@ -57,15 +57,16 @@ def build_backends(model, export: Path | None, feed, threads: int, names: set[st
 
 def artifact_metrics(run: Path, export: Path | None) -> dict[str, float]:
     """The task's primary test metric of the run (PyTorch) and of each gated artifact, on every runtime."""
-    from peftstd.runtime.engines import RUNTIMES
     from peftstd.runtime.folders import ExportFolder, RunFolder
     from peftstd.tasks import PRIMARY_METRIC
 
     folder = RunFolder(run)
     metrics = {"pytorch-fp32": folder.metrics["test"][PRIMARY_METRIC[folder.task]]}
     if export is not None:
-        for record in ExportFolder(export).record.gate.artifacts:
-            metrics.update({f"{runtime}-{record.artifact}": record.value for runtime in RUNTIMES})
+        for record in ExportFolder(export).artifacts().values():
+            metrics[f"onnxruntime-{record.artifact}"] = record.value
+            if record.openvino is not None:  # the gate's own OpenVINO run of the file, not ONNX Runtime's figure
+                metrics[f"openvino-{record.artifact}"] = record.openvino.value
     return metrics
 
 

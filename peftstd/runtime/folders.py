@@ -16,8 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from peftstd.errors import UserError
-
-GENERATIVE = ("causal-lm", "seq2seq")
+from peftstd.tasks import GENERATIVE_TASKS
 
 
 class Record(BaseModel):
@@ -94,19 +93,6 @@ class ExportRecord(Record):
     created: str | None = None
 
 
-def read_record(path: Path, model: type[Record]) -> Record:
-    """A JSON file parsed into `model`, or a one-line error naming the file and the first problem."""
-    try:
-        return model.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as error:
-        if isinstance(error, ValidationError):
-            first = error.errors()[0]
-            detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
-        else:
-            detail = str(error).splitlines()[0]
-        raise UserError(f"{str(path)!r} is not a readable {model.__name__} ({detail})") from None
-
-
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -114,17 +100,44 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{str(path)!r} is not readable JSON ({str(error).splitlines()[0]})") from None
 
 
-class RunFolder:
-    """A finished run directory: it has manifest.json (written last, when the run ends) and labels.json."""
+def read_record(path: Path, model: type[Record]) -> Record:
+    """A JSON file parsed into `model`, or a one-line error naming the file and the first problem."""
+    try:
+        return model.model_validate(read_json(path))
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise UserError(f"{str(path)!r} is not a readable {model.__name__} ({'.'.join(map(str, first['loc']))}: {first['msg']})") from None
+
+
+class Folder:
+    """A folder recognised by its record file (written last, so its presence means the folder is complete)."""
+
+    RECORD: str
+    MISSING: str  # the one-line error when the record is absent, formatted with the path
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not (self.path / "manifest.json").is_file():
-            raise UserError(f"{str(self.path)!r} is not a finished run directory (no manifest.json); finish or resume it first")
+        if not (self.path / self.RECORD).is_file():
+            raise UserError(self.MISSING.format(path=str(self.path)))
+
+    @classmethod
+    def holds(cls, path: str | Path) -> bool:
+        return (Path(path) / cls.RECORD).is_file()
+
+    @cached_property
+    def labels(self) -> list[str]:
+        return read_json(self.path / "labels.json")
+
+
+class RunFolder(Folder):
+    """A finished run directory: it has manifest.json (written when the run ends) and labels.json."""
+
+    RECORD = "manifest.json"
+    MISSING = "{path!r} is not a finished run directory (no manifest.json); finish or resume it first"
 
     @staticmethod
     def is_run(path: Path) -> bool:
-        return (Path(path) / "manifest.json").is_file()
+        return RunFolder.holds(path)
 
     @cached_property
     def manifest(self) -> Manifest:
@@ -133,10 +146,6 @@ class RunFolder:
     @cached_property
     def raw_manifest(self) -> dict:
         return read_json(self.path / "manifest.json")
-
-    @cached_property
-    def labels(self) -> list[str]:
-        return read_json(self.path / "labels.json")
 
     @cached_property
     def metrics(self) -> dict:
@@ -155,29 +164,19 @@ class RunFolder:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-class ExportFolder:
+class ExportFolder(Folder):
     """An export folder: export.json, labels.json, the tokenizer and the artifacts the gate judged."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / "export.json").is_file():
-            raise UserError(f"{str(self.path)!r} is not an export folder (no export.json); make one with `peftstd export RUN`")
+    RECORD = "export.json"
+    MISSING = "{path!r} is not an export folder (no export.json); make one with `peftstd export RUN`"
 
     @staticmethod
     def is_export(path: Path) -> bool:
-        return (Path(path) / "export.json").is_file()
+        return ExportFolder.holds(path)
 
     @cached_property
     def record(self) -> ExportRecord:
         return read_record(self.path / "export.json", ExportRecord)
-
-    @cached_property
-    def raw(self) -> dict:
-        return read_json(self.path / "export.json")
-
-    @cached_property
-    def labels(self) -> list[str]:
-        return read_json(self.path / "labels.json")
 
     @property
     def task(self) -> str:
@@ -185,11 +184,7 @@ class ExportFolder:
 
     @property
     def generative(self) -> bool:
-        return self.task in GENERATIVE
-
-    @property
-    def passed(self) -> bool:
-        return self.record.status == "passed"
+        return self.task in GENERATIVE_TASKS
 
     @property
     def max_length(self) -> int:

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import softmax
 
 from peftstd.errors import UserError
 from peftstd.runtime.folders import ExportFolder, GateArtifact
+from peftstd.runtime.inference import MODEL_INPUTS
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 BATCH_DEPENDENT = ("int8-dynamic",)  # artifacts whose rows change with their neighbours in a batch
 
 
@@ -42,15 +43,17 @@ class Encoded:
         return max(len(r["input_ids"]) for r in self.rows)
 
     @property
-    def tokens(self) -> int:
-        """The padded tokens this input costs in a batch of its own length."""
-        return self.length * len(self.rows)
+    def real_tokens(self) -> int:
+        """Its tokens without padding."""
+        return sum(len(r["input_ids"]) for r in self.rows)
 
 
 def choose_artifact(export: ExportFolder, artifact: str = "auto", runtime: str = "onnxruntime") -> GateArtifact:
     """The artifact to run: named, or (`auto`) the static int8 one when it passed the gate on `runtime`
     (batch-independent and the fastest on CPU, see bench/results/serve_load.md), else fp32. An artifact runs on
-    a runtime only when the export gate judged it there and it passed."""
+    a runtime only when the export gate judged it there and it passed; generative exports run on onnxruntime only."""
+    if export.generative and runtime != "onnxruntime":
+        raise UserError(f"{str(export.path)!r} is a {export.task} export: generative exports run on onnxruntime only, not {runtime}")
     if artifact != "auto":
         record = export.artifact(artifact)
         if not record.passed_on(runtime):
@@ -92,12 +95,13 @@ class Predictor:
         from peftstd.runtime.engines import open_engine
 
         self.engine = open_engine(self.path, self.runtime, threads, self.export.disabled_optimizers, spinning)
+        self.device = self.engine.device
 
     def describe(self) -> dict:
         gate = self.export.record.gate
         return {"task": self.task, "labels": self.labels if not self.generative and self.task != "question-answering" else [],
                 "artifact": self.record.artifact, "file": self.record.file, "runtime": self.runtime,
-                "device": getattr(getattr(self, "engine", None), "device", "onnxruntime CPUExecutionProvider"),
+                "device": self.device,
                 "max_length": self.max_length, "batch_independent": self.batch_independent,
                 "gate": {"status": self.export.record.status, "metric": gate.metric, "value": self.record.value,
                          "trained": gate.trained_metric, "drop_points": self.record.drop_points, "passed": self.record.passed},
@@ -159,7 +163,10 @@ class Predictor:
         return [r for start in range(0, len(items), batch_size) for r in self.run(items[start : start + batch_size])]
 
     def tokenize(self, *texts, **kwargs) -> dict[str, list[int]]:
-        encoded = self.tokenizer(*texts, truncation=True, max_length=self.max_length, **kwargs)
+        return self.model_row(self.tokenizer(*texts, truncation=True, max_length=self.max_length, **kwargs))
+
+    def model_row(self, encoded) -> dict[str, list[int]]:
+        """The model's own inputs of one tokenized row."""
         return {k: list(encoded[k]) for k in MODEL_INPUTS if k in encoded and k in self.engine.input_names}
 
 
@@ -172,11 +179,6 @@ def text_of(value: Any, key: str = "text") -> str:
     if not value.strip():
         raise InputError("an input text is empty")
     return value
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class ClassificationPredictor(Predictor):
@@ -192,7 +194,7 @@ class ClassificationPredictor(Predictor):
         return Encoded([row], meta=text, truncated=full > self.max_length)
 
     def decode(self, item: Encoded, outputs: list[np.ndarray]) -> dict:
-        p = softmax(outputs[0].astype(np.float64))
+        p = softmax(outputs[0].astype(np.float64), axis=-1)
         best = int(p.argmax())
         return {"label": self.labels[best], "score": float(p[best]), "probabilities": dict(zip(self.labels, map(float, p))),
                 "truncated": item.truncated}
@@ -208,7 +210,7 @@ class EntityPredictor(Predictor):
         text = text_of(value)
         spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
         encoded = self.tokenizer([text[a:b] for a, b in spans], is_split_into_words=True, truncation=True, max_length=self.max_length)
-        row = {k: list(encoded[k]) for k in MODEL_INPUTS if k in encoded and k in self.engine.input_names}
+        row = self.model_row(encoded)
         from peftstd.tasks.token_classification import first_pieces
 
         first = first_pieces(encoded.word_ids())
@@ -218,7 +220,7 @@ class EntityPredictor(Predictor):
         from seqeval.metrics.sequence_labeling import get_entities
 
         text, spans, first = item.meta
-        p = softmax(outputs[0].astype(np.float64))
+        p = softmax(outputs[0].astype(np.float64), axis=-1)
         best = p.argmax(-1)
         tags = [self.labels[int(best[first[w]])] if w in first else "O" for w in range(len(spans))]  # cut words: O
         scores = [float(p[first[w], best[first[w]]]) if w in first else 1.0 for w in range(len(spans))]
@@ -241,7 +243,7 @@ class AnswerPredictor(Predictor):
         question, context = text_of(value, "question"), text_of(value, "context")
         task = QuestionAnswering(settings=self.export.record.task_settings)  # one per input: its windows stay with it
         encoded = task.encode(self.tokenizer, [QAExample(question, context, (), ())], ["start", "end"], self.max_length)
-        rows = [{k: list(f[k]) for k in MODEL_INPUTS if k in f and k in self.engine.input_names} for f in encoded.features]
+        rows = [self.model_row(f) for f in encoded.features]
         offsets = [task.windows[f["feature_id"]][2] for f in encoded.features]
         return Encoded(rows, meta=(context, offsets, task.max_answer_tokens), truncated=len(rows) > 1)
 
@@ -280,7 +282,7 @@ class GenerationPredictor(Predictor):
         self.device = "onnxruntime CPUExecutionProvider (optimum ORTModel)"
 
     def describe(self) -> dict:
-        return {**super().describe(), "device": self.device, "max_new_tokens": self.max_new_tokens,
+        return {**super().describe(), "max_new_tokens": self.max_new_tokens,
                 "max_new_tokens_limit": self.max_new_tokens_limit}
 
     def encode(self, value: Any) -> Encoded:
@@ -317,10 +319,8 @@ def load_predictor(path: str | Path, artifact: str = "auto", runtime: str = "onn
                    spinning: bool = True) -> Predictor:
     """The predictor of an export folder's task, on one of its gated artifacts."""
     export = ExportFolder(path)
-    record = choose_artifact(export, artifact, runtime if not export.generative else "onnxruntime")
+    record = choose_artifact(export, artifact, runtime)
     if export.generative:
-        if runtime != "onnxruntime":
-            raise UserError(f"{export.task} exports run on onnxruntime only; got --runtime {runtime}")
         return GenerationPredictor(export, record, runtime, threads, spinning)
     if export.task not in PREDICTORS:
         raise UserError(f"no predictor for {export.task} exports; tasks served: {', '.join([*PREDICTORS, 'causal-lm', 'seq2seq'])}")

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from peftstd import __version__
 from peftstd.errors import UserError
-from peftstd.runtime.predictors import Encoded, InputError
+from peftstd.runtime.predictors import Encoded
 from peftstd.serve.batcher import DeadlineExceeded, ModelWorker, QueueFull
 from peftstd.serve.config import ServeConfig
 from peftstd.serve.keys import KeyRing
@@ -83,6 +83,11 @@ class ServerState:
     def idle(self) -> bool:
         return self.inflight == 0 and all(w.idle() for w in self.workers.values())
 
+    @property
+    def serving(self) -> bool:
+        """Ready: every model loaded and warmed, and not draining."""
+        return self.ready and not self.draining
+
 
 class Lifecycle:
     """Counts requests in flight and, once draining, answers new ones 503 (health probes still answer)."""
@@ -117,7 +122,6 @@ def create_app(state: ServerState) -> FastAPI:
 
     app = FastAPI(title="peftstd serve", version=__version__, lifespan=lifespan,
                   description="Exported peftstd models: /v1 JSON API and KServe V2 (Open Inference Protocol).")
-    app.state.peftstd = state
 
     @app.exception_handler(HTTPError)
     async def on_http_error(request: Request, error: HTTPError):
@@ -163,9 +167,12 @@ def create_app(state: ServerState) -> FastAPI:
                                    {"Retry-After": str(math.ceil(wait))})
         return who
 
-    def worker(name: str) -> ModelWorker:
+    def known(name: str) -> None:
         if name not in state.exports:
             raise HTTPError(404, f"no model {name!r}; models: {', '.join(state.exports)}")
+
+    def worker(name: str) -> ModelWorker:
+        known(name)
         if not state.ready:
             raise HTTPError(503, f"model {name!r} is loading; poll /v2/health/ready", {"Retry-After": "1"})
         return state.workers[name]
@@ -200,9 +207,7 @@ def create_app(state: ServerState) -> FastAPI:
             if chars <= INLINE_TOKENIZE_CHARS:
                 return make()
             return await asyncio.get_running_loop().run_in_executor(state.pool, make)
-        except InputError as error:
-            raise state.reject("input", 422, str(error)) from None
-        except UserError as error:  # the task's own data checks (e.g. a question too long for the window)
+        except UserError as error:  # InputError, or the task's own data checks (a question too long for the window)
             raise state.reject("input", 422, str(error)) from None
 
     async def infer(request: Request, model: ModelWorker, items: list[Encoded]) -> list[dict]:
@@ -239,8 +244,7 @@ def create_app(state: ServerState) -> FastAPI:
     @app.get("/v1/models/{name}")
     async def model_info(name: str, request: Request):
         authorize(request, "read")
-        if name not in state.exports:
-            raise HTTPError(404, f"no model {name!r}; models: {', '.join(state.exports)}")
+        known(name)
         return describe(name)
 
     def describe(name: str) -> dict:
@@ -295,17 +299,15 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/v2/health/ready")
     async def ready():
-        ok = state.ready and not state.draining
-        return JSONResponse({"ready": ok, **({"error": state.load_error} if state.load_error else {})}, status_code=200 if ok else 503)
+        body = {"ready": state.serving, **({"error": state.load_error} if state.load_error else {})}
+        return JSONResponse(body, status_code=200 if state.serving else 503)
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, request: Request, version: str = "1"):
         authorize(request, "read")
-        if name not in state.exports:
-            raise HTTPError(404, f"no model {name!r}; models: {', '.join(state.exports)}")
-        ok = state.ready and not state.draining
-        return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+        known(name)
+        return JSONResponse({"name": name, "ready": state.serving}, status_code=200 if state.serving else 503)
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
@@ -374,10 +376,9 @@ def warm_up(predictor, cfg: ServeConfig) -> None:
     while True:
         length = min(length, predictor.max_length)
         rows = max(1, min(cfg.max_batch_size, cfg.max_batch_tokens // length))
+        row = predictor.encode_ids([vocabulary_id] * length).rows[0]
         for count in sorted({1, rows}):
-            predictor.forward([{k: [vocabulary_id] * length for k in ("input_ids",)} | {"attention_mask": [1] * length}
-                               | ({"token_type_ids": [0] * length} if "token_type_ids" in predictor.engine.input_names else {})
-                               for _ in range(count)])
+            predictor.forward([row] * count)
         if length == predictor.max_length:
             break
         length *= 2

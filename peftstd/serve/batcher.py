@@ -62,10 +62,10 @@ def plan_batch(queue: list[Pending], max_rows: int, max_tokens: int, max_padding
     in even when it alone exceeds the token budget (a long QA context): it must be served some time."""
     oldest = queue[0]
     chosen, rows, longest = [oldest], oldest.rows, oldest.item.length
-    real = sum(len(r["input_ids"]) for r in oldest.item.rows)
+    real = oldest.item.real_tokens
     for pending in sorted(queue[1:], key=lambda p: abs(p.item.length - oldest.item.length)):
         new_rows, new_longest = rows + pending.rows, max(longest, pending.item.length)
-        new_real = real + sum(len(r["input_ids"]) for r in pending.item.rows)
+        new_real = real + pending.item.real_tokens
         if new_rows > max_rows or new_rows * new_longest > max_tokens:
             continue
         if 1 - new_real / (new_rows * new_longest) > max_padding:
@@ -169,7 +169,7 @@ class ModelWorker:
     def record(self, batch: list[Pending], seconds: float) -> None:
         rows = sum(p.rows for p in batch)
         padded = rows * max(p.item.length for p in batch)
-        real = sum(len(r["input_ids"]) for p in batch for r in p.item.rows)
+        real = sum(p.item.real_tokens for p in batch)
         self.stats.batches += 1
         self.stats.rows += rows
         self.stats.padded_tokens += padded

@@ -44,11 +44,8 @@ def check_startup(cfg: ServeConfig, exports: dict[str, Path]) -> None:
 
         if not read_keys(cfg.keys):
             raise UserError(f"key file {str(cfg.keys)!r} holds no keys; add one with `peftstd serve keys add NAME --keys {cfg.keys}`")
-    for name, path in exports.items():
-        export = ExportFolder(path)
-        if export.generative and cfg.runtime != "onnxruntime":
-            raise UserError(f"model {name!r} is {export.task}: generative exports run on onnxruntime only")
-        choose_artifact(export, cfg.artifact, cfg.runtime)
+    for path in exports.values():
+        choose_artifact(ExportFolder(path), cfg.artifact, cfg.runtime)
 
 
 def serve(cfg: ServeConfig, exports: dict[str, Path]) -> int:
