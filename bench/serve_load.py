@@ -35,7 +35,10 @@ sys.path.insert(0, str(REPO))
 from peftstd.run.manifest import hardware, package_versions
 from peftstd.runtime.folders import ExportFolder, RunFolder
 
-HAND = "FastAPI + transformers pipeline (PyTorch)"
+HAND = "FastAPI + transformers pipeline (PyTorch {precision})"
+# The hand-written server at its defaults (fp32) and at its best setting on this CPU: bf16 autocast, which `peftstd bench`
+# measured 2x faster than fp32 at batch 1 here (native avx512_bf16). Ratios are taken against the faster of the two.
+HAND_PRECISIONS = ("fp32", "bf16 autocast")
 HAND_WRITTEN = '''
 import sys, torch
 from fastapi import FastAPI
@@ -57,7 +60,8 @@ class Request(BaseModel):
 
 @app.post("/predict")
 def predict(request: Request):
-    return {{"outputs": classify(request.inputs)}}
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled={bf16}):
+        return {{"outputs": classify(request.inputs)}}
 '''
 
 
@@ -213,7 +217,7 @@ def engines_alone(export: Path, texts: list[str], threads: int, repeats: int) ->
     from peftstd.runtime.predictors import load_predictor
 
     rows = []
-    for record in ExportFolder(export).record.gate.artifacts:
+    for record in ExportFolder(export).artifacts().values():  # the shipped ones
         for runtime in RUNTIMES:
             predictor = load_predictor(export, record.artifact, runtime, threads)
             items = sorted((predictor.encode(t) for t in texts), key=lambda item: item.length)
@@ -244,8 +248,9 @@ def serve_process(export: Path, artifact: str, runtime: str, threads: int, port:
                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
 
 
-def hand_written_process(run: Path, threads: int, max_length: int, port: int, folder: Path) -> subprocess.Popen:
-    (folder / "pipeline_server.py").write_text(HAND_WRITTEN.format(threads=threads, max_length=max_length))
+def hand_written_process(run: Path, threads: int, max_length: int, port: int, folder: Path, bf16: bool) -> subprocess.Popen:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pipeline_server.py").write_text(HAND_WRITTEN.format(threads=threads, max_length=max_length, bf16=bf16))
     code = (f"import sys, uvicorn; sys.path.insert(0, {str(folder)!r}); sys.path.insert(0, {str(REPO)!r}); sys.argv[1:] = [{str(run)!r}]; "
             f"import pipeline_server; uvicorn.run(pipeline_server.app, host='127.0.0.1', port={port}, log_level='warning')")
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -285,8 +290,10 @@ def main() -> int:
         candidates = [(f"peftstd serve ({r['artifact']}, {r['runtime']})",
                        lambda port, r=r: serve_process(export, r["artifact"], r["runtime"], args.threads, port), "/v2/health/ready", r)
                       for r in served]
-        candidates.append((HAND, lambda port: hand_written_process(run.path, args.threads, folder.max_length, port, Path(scratch)),
-                           "/predict", None))
+        candidates += [(HAND.format(precision=precision),
+                        lambda port, bf16=precision != "fp32": hand_written_process(run.path, args.threads, folder.max_length, port,
+                                                                                      Path(scratch) / ("bf16" if bf16 else "fp32"), bf16),
+                        "/predict", None) for precision in HAND_PRECISIONS]
         for name, start, path, engine in candidates:
             port = free_port()
             process = start(port)
@@ -321,7 +328,10 @@ def main() -> int:
 
 
 def summarize(result: dict) -> None:
-    hand = {r["concurrency"]: r for r in result["servers"][HAND]["rows"]}
+    best_hand = max((HAND.format(precision=p) for p in HAND_PRECISIONS),
+                    key=lambda name: next((r["requests_per_s"] for r in result["servers"][name]["rows"] if r["concurrency"] == 32), 0))
+    result["best_hand_written"] = best_hand
+    hand = {r["concurrency"]: r for r in result["servers"][best_hand]["rows"]}
     fastest = result["fastest_engine"]
     result["targets"] = {}
     for name, server in result["servers"].items():
@@ -370,7 +380,8 @@ def markdown(result: dict) -> str:
     lines += ["", "## Against the targets", ""]
     for name, t in result["targets"].items():
         lines += [f"{name}:",
-                  f"- concurrency 32 / hand-written pipeline server: **{t['c32_vs_hand_written']:.2f}x** (target 3x)",
+                  f"- concurrency 32 / the faster hand-written pipeline server ({result['best_hand_written']}): "
+                  f"**{t['c32_vs_hand_written']:.2f}x** (target 3x)",
                   f"- concurrency 32 / fastest engine alone at batch 32: **{t['c32_vs_fastest_engine']:.2f}** (target 0.8); "
                   f"/ its own engine alone: {t['c32_vs_own_engine']:.2f}",
                   f"- concurrency 1 p50 minus its engine's batch-1 p50: **{t['c1_p50_minus_engine_batch1_p50_ms']:+.2f} ms** (target within 2 ms)",
