@@ -365,7 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:2] == ["serve", "keys"]:
         args = keys_parser().parse_args(argv[2:])
         return args.func(args)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes a positional list only in one run, so `eval RUN --data F data.text_column=x` would leave the
+    # overrides after an option unparsed: dotted key=value words anywhere join the command's overrides.
+    stray = [word for word in extra if "=" in word and not word.startswith("-")]
+    if stray and hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *stray]
+        extra = [word for word in extra if word not in stray]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
 
 

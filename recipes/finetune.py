@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from peftstd.config import RecipeConfig, load_config
+from peftstd.data.sources import make_paths_absolute
 from peftstd.errors import ConfigError, exit_on_user_error
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "minilm_lora_sentiment.yaml"
@@ -44,6 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)  # a typo fails here, in well under 2 s: torch is not imported yet
+    make_paths_absolute(cfg.data)
     return finetune(cfg, args.config, resume_requested=bool(args.resume))
 
 

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from peftstd.config import load_config
 from peftstd.config.pretrain import PretrainConfig
+from peftstd.data.sources import make_paths_absolute
 from peftstd.errors import exit_on_user_error
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "minilm_mlm_vader.yaml"
@@ -38,6 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides, schema=PretrainConfig)  # fails fast, before torch is imported
+    make_paths_absolute(cfg.data)
     return pretrain(cfg, args.config)
 
 

@@ -130,6 +130,31 @@ def peftstd(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "peftstd", *args], capture_output=True, text=True, cwd=REPO, env=RECIPE_ENV)
 
 
+def evaluated(run: Path, export: Path, out: Path, *extra: str) -> dict:
+    """`peftstd eval RUN --compare EXPORT`'s eval.json, after checking that every point lies in its interval."""
+    result = peftstd("eval", str(run), "--compare", str(export), "--resamples", "50", "--out", str(out), *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text())
+    for r in report["results"]:
+        for name, (low, high) in r["ci95"].items():
+            assert low - 1e-9 <= r["metrics"][name] <= high + 1e-9, (name, r)
+    return report
+
+
+def assert_generative_eval(run, export, out):
+    """`peftstd eval` of a generative run reproduces its test perplexity and BLEU; its fp32 export scores the same,
+    its int8 one is evaluated through `--artifact`."""
+    report = evaluated(run, export, out)
+    scored, artifact = report["results"]
+    trained = json.loads((run / "metrics.json").read_text())["test"]
+    assert scored["headline"] == ["perplexity", "bleu", "rougeL"]
+    assert abs(scored["metrics"]["perplexity"] / trained["perplexity"] - 1) < 1e-4 and abs(scored["metrics"]["bleu"] - trained["bleu"]) < 1e-6
+    assert abs(artifact["metrics"]["perplexity"] / scored["metrics"]["perplexity"] - 1) < 1e-3
+    assert artifact["metrics"]["bleu"] == scored["metrics"]["bleu"] and report["comparison"]["bleu"]["p_value"] == 1.0
+    int8 = peftstd("eval", str(export), "--artifact", "int8", "--resamples", "20", "--out", str(out / "int8"))
+    assert int8.returncode == 0 and "perplexity" in int8.stdout and "int8" in int8.stdout, int8.stderr[-2000:]
+
+
 @pytest.fixture(scope="session")
 def trained(tiny_model, sentiment_file, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("export-runs")

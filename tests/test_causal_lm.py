@@ -182,6 +182,9 @@ def test_sft_run_exports_with_a_kv_cache_and_passes_the_gate(sft_run, tmp_path):
     assert peftstd("check", str(out)).returncode == 0
     predicted = peftstd("predict", str(out), "the movie was dull", "--artifact", "int8")
     assert predicted.returncode == 0 and predicted.stdout.endswith("\tthe movie was dull\n"), predicted.stderr
+    from conftest import assert_generative_eval
+
+    assert_generative_eval(sft_run, out, tmp_path / "eval")
 
 
 def test_a_broken_generative_artifact_fails_the_gate(sft_run, tmp_path, monkeypatch):

@@ -206,3 +206,23 @@ def test_quantization_runs_on_a_preprocessed_graph_without_warnings(exported):
 def test_finished_runs_load_without_the_untrained_head_warning(trained, tmp_path):
     result = peftstd("eval", str(trained["lora"]), "--resamples", "10", "--out", str(tmp_path))
     assert result.returncode == 0 and "TRAIN this model" not in result.stderr and "newly initialized" not in result.stderr
+
+
+def test_a_run_trained_on_relative_paths_exports_and_evaluates_from_anywhere(tiny_model, sentiment_file, tmp_path):
+    """The export works in a scratch directory and eval may run elsewhere: the run records its data files absolutely."""
+    import shutil
+
+    import yaml
+    from conftest import run_recipe, tiny_overrides
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(sentiment_file, work / "train.jsonl")
+    result = run_recipe(tiny_overrides(tiny_model, "train.jsonl", "runs", "relative", "training.max_steps=4"), cwd=work)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = work / "runs" / "relative"
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["data"]["source"]
+    assert recorded == str((work / "train.jsonl").resolve())
+    exported = peftstd("export", str(run), "--out", str(tmp_path / "export"))
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert peftstd("eval", str(run), "--resamples", "20", "--out", str(tmp_path / "eval")).returncode == 0

@@ -157,3 +157,17 @@ def test_qa_export_passes_the_gate_and_loads_with_optimum(qa_run, tmp_path):
     assert predicted.returncode == 0 and predicted.stdout.split("\t")[0] in ("dull", "boring")
     missing = peftstd("predict", str(out), "which word")
     assert missing.returncode != 0 and "--context" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_eval_scores_questions_on_the_run_and_its_export(qa_run, tmp_path):
+    from conftest import evaluated
+
+    out = tmp_path / "export"
+    assert peftstd("export", str(qa_run), "--out", str(out)).returncode == 0
+    report = evaluated(qa_run, out, tmp_path / "eval")
+    run, artifact = report["results"]
+    trained = json.loads((qa_run / "metrics.json").read_text())["test"]
+    test_questions = json.loads((qa_run / "manifest.json").read_text())["data"]["sizes"]["test"]
+    assert run["headline"] == ["exact_match", "f1"] and run["examples"] == artifact["examples"] == test_questions  # questions, not windows
+    assert abs(run["metrics"]["f1"] - trained["f1"]) < 1e-9 and abs(run["metrics"]["exact_match"] - trained["exact_match"]) < 1e-9
+    assert artifact["metrics"] == run["metrics"] and report["comparison"]["f1"]["p_value"] == 1.0

@@ -112,3 +112,7 @@ def test_seq2seq_exports_with_and_without_a_kv_cache_and_generates_like_pytorch(
         expected = model.generate(**batch, max_new_tokens=4, do_sample=False)
     assert torch.equal(artifact.generate(**batch, max_new_tokens=4, do_sample=False), expected)
     assert peftstd("check", str(out)).returncode == 0
+    if kv_cache:
+        from conftest import assert_generative_eval
+
+        assert_generative_eval(seq2seq_run, out, tmp_path / "eval")

@@ -77,8 +77,8 @@ def start():
         server.stop()
 
 
-def predict(server: Server, model: str, inputs, headers=None, **kwargs) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/models/{model}/predict", json={"inputs": inputs}, headers=headers, timeout=60, **kwargs)
+def predict(server: Server, model: str, inputs, headers=None, timeout: float = 60, **kwargs) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/models/{model}/predict", json={"inputs": inputs}, headers=headers, timeout=timeout, **kwargs)
 
 
 def test_classification_is_served_like_predict_and_listed(exported, start):
@@ -171,6 +171,26 @@ def test_full_queue_gives_503_and_deadline_gives_504(exported, start):
     late = start(f"m={exported}", "--deadline-ms", "1")
     response = predict(late, "m", [long_text] * 8)
     assert response.status_code == 504 and "deadline" in response.json()["error"]
+
+
+def test_inputs_of_clients_that_went_away_never_reach_the_model(exported, start):
+    server = start(f"m={exported}", "--max-batch-size", "1")
+    long_text = " ".join(["the movie was really very quite great"] * 4)
+
+    def impatient(_):
+        try:
+            return predict(server, "m", [long_text] * 8, timeout=0.05).status_code
+        except httpx.TimeoutException:
+            return "gone"
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(impatient, range(16)))
+    assert "gone" in outcomes
+    deadline = time.monotonic() + 30
+    while (info := httpx.get(f"{server.url}/v1/models/m", timeout=5).json())["queued_rows"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert info["dropped"]["disconnected"] > 0 and info["rows"] + info["dropped"]["disconnected"] <= 16 * 8
+    assert predict(server, "m", ["great"]).status_code == 200  # and the server goes on
 
 
 def test_bad_requests_are_one_line_4xx(exported, start):

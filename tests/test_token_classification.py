@@ -153,12 +153,20 @@ def test_explain_attributes_each_predicted_entity_with_completeness(ner_run, tmp
     assert "background:rgb" in page and explained["classes"][0]["text"] in page
 
 
-def test_ner_run_exports_and_passes_the_gate_on_entity_f1(ner_run, tmp_path):
+@pytest.fixture(scope="module")
+def ner_export(ner_run, tmp_path_factory):
     from conftest import peftstd
 
-    out = tmp_path / "export"
+    out = tmp_path_factory.mktemp("ner-export") / "export"
     result = peftstd("export", str(ner_run), "--profile", "export/cpu-int8-dynamic.yaml", "--budget", "100", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_ner_run_exports_and_passes_the_gate_on_entity_f1(ner_run, ner_export, tmp_path):
+    from conftest import peftstd
+
+    out = ner_export
     report = json.loads((out / "export.json").read_text())
     assert report["status"] == "passed" and report["gate"]["metric"] == "f1"
     assert [r["artifact"] for r in report["gate"]["artifacts"]] == ["fp32", "int8-dynamic"]  # the profile's cpu_int8
@@ -171,6 +179,25 @@ def test_ner_run_exports_and_passes_the_gate_on_entity_f1(ner_run, tmp_path):
     assert "pos:" in predicted.stdout or "(no entities)" in predicted.stdout
     pruned = peftstd("export", str(ner_run), "--prune", "0.2", "--out", str(tmp_path / "pruned"))
     assert pruned.returncode == 2 and "--prune supports text-classification" in pruned.stderr
+
+
+def test_eval_scores_entities_on_runs_exports_and_other_column_names(ner_run, ner_export, tmp_path):
+    from conftest import evaluated, peftstd
+
+    out = ner_export
+    report = evaluated(ner_run, out, tmp_path / "eval")
+    run, artifact = report["results"]
+    trained = json.loads((ner_run / "metrics.json").read_text())["test"]
+    assert run["task"] == "token-classification" and run["headline"] == ["f1", "precision", "recall"]
+    assert abs(run["metrics"]["f1"] - trained["f1"]) < 1e-9 and run["metrics"]["f1"] == artifact["metrics"]["f1"]
+    assert report["comparison"]["f1"]["difference"] == 0.0 and report["comparison"]["f1"]["p_value"] == 1.0
+    renamed = write_jsonl(tmp_path / "other.jsonl", [{"words": r["tokens"], "labels": r["tags"]} for r in ner_rows(30, seed=5)])
+    unmapped = peftstd("eval", str(ner_run), "--data", str(renamed))
+    assert unmapped.returncode == 2 and "'tokens'" in unmapped.stderr and "'tags'" in unmapped.stderr
+    assert "'words'" in unmapped.stderr and "data.tokens_column=NAME" in unmapped.stderr and "Traceback" not in unmapped.stderr
+    mapped = peftstd("eval", str(out), "--artifact", "int8", "--data", str(renamed), "data.tokens_column=words", "data.tags_column=labels",
+                     "--resamples", "50", "--out", str(tmp_path / "other"))
+    assert mapped.returncode == 0 and "(n=30)" in mapped.stdout and "model.int8" in mapped.stdout, mapped.stderr[-2000:]
 
 
 def test_check_verifies_a_ner_run(ner_run):

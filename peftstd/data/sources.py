@@ -65,6 +65,15 @@ def load_splits(section, task: str = "text-classification") -> Splits:
     return Splits(train, validation, test, skipped_rows=len(bad), sources=sources)
 
 
+def make_paths_absolute(section) -> None:
+    """Local data files named relative to the working directory become absolute, so the config a run records
+    reads the same files from anywhere (export works in a scratch directory; eval may run from elsewhere)."""
+    for key in ("source", "validation_source", "test_source"):
+        spec = getattr(section, key, None)
+        if spec and spec not in DATASETS and Path(spec).expanduser().exists():
+            setattr(section, key, str(Path(spec).expanduser().resolve()))
+
+
 def read_source(spec: str, section, bad: list[str], task: str = "text-classification") -> dict[str, list]:
     """Examples of one source, keyed by split name ('train' only unless the source has its own splits)."""
     if spec in DATASETS:

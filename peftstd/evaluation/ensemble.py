@@ -16,6 +16,8 @@ def check_members(predictors: list, split: str, own_data: bool) -> list[str]:
     from peftstd.runtime.folders import RunFolder
 
     runs = [RunFolder(p.run_dir) for p in predictors]
+    if any(run.task != "text-classification" for run in runs):
+        raise UserError(f"an ensemble averages class probabilities of text-classification runs; got {sorted({run.task for run in runs})}")
     labels = runs[0].labels
     for member, run in zip(predictors[1:], runs[1:]):
         other = run.labels
@@ -29,15 +31,17 @@ def check_members(predictors: list, split: str, own_data: bool) -> list[str]:
 
 
 def ensemble(members: list[Path], data_spec: str | None, split: str, resamples: int = 1000) -> tuple[list[dict], list[str]]:
-    """Results for each member and, last, for the ensemble (mean of the members' probabilities); the labels."""
-    from peftstd.evaluation.evaluate import evaluation_data, predictor, score
+    """Results for each member and, last, for the ensemble (mean of the members' probabilities); the labels.
+    Each result keeps its log-probabilities under `_logits` and the gold label ids under `_labels`."""
+    from peftstd.evaluation.evaluate import evaluation_data, logits_measure, predictor, score
 
     if len(members) < 2:
         raise UserError(f"an ensemble needs at least 2 members, got {len(members)}")
     predictors = [predictor(Path(m), None) for m in members]
     labels = check_members(predictors, split, data_spec is None)
     data, source, task = evaluation_data(predictors[0].run_dir, data_spec, split)
-    results = [score(p.name, p.logits(data), data, source, task, resamples) for p in predictors]
-    probabilities = np.mean([softmax(r["_logits"], axis=-1) for r in results], axis=0)
-    results.append(score(f"ensemble of {len(predictors)}", np.log(probabilities), data, source, task, resamples))
-    return results, labels
+    named = [(p.name, p.logits(data)) for p in predictors]
+    probabilities = np.mean([softmax(logits, axis=-1) for _, logits in named], axis=0)
+    named.append((f"ensemble of {len(predictors)}", np.log(probabilities)))
+    return [{**score(name, [logits_measure(task, logits, data.label_ids)], source, task.name, resamples),
+             "_logits": logits, "_labels": data.label_ids} for name, logits in named], labels

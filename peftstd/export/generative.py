@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from peftstd.runtime.engines import load_generative, quiet
+from peftstd.runtime.inference import model_inputs, scored_logits
 from peftstd.tasks.base import IGNORE
 
 INT8_BLOCK = 32  # weights per int8 scale
@@ -69,20 +70,6 @@ def quantize_folder(source: Path, folder: Path) -> dict:
         elif path.is_file():
             shutil.copy(path, folder / path.name)
     return {"file": "int8", "scheme": f"weight-only int8 (MatMulNBits, blocks of {INT8_BLOCK}, symmetric, accuracy level 4)"}
-
-
-def model_inputs(model, batch: dict) -> dict:
-    """The forward inputs of a teacher-forced batch (seq2seq: decoder inputs are the labels shifted right)."""
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-    if model.config.is_encoder_decoder:
-        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
-    return inputs
-
-
-def scored_logits(source, inputs: dict, scored: torch.Tensor, label_shift: int) -> torch.Tensor:
-    """The logits of `source` at the scored positions, [scored tokens, vocabulary]."""
-    logits = source(**inputs).logits.float()
-    return logits[:, : logits.shape[1] - label_shift][scored]
 
 
 @torch.no_grad()

@@ -128,6 +128,12 @@ class Folder:
     def labels(self) -> list[str]:
         return read_json(self.path / "labels.json")
 
+    task: str
+
+    @property
+    def generative(self) -> bool:
+        return self.task in GENERATIVE_TASKS
+
 
 class RunFolder(Folder):
     """A finished run directory: it has manifest.json (written when the run ends) and labels.json."""
@@ -181,10 +187,6 @@ class ExportFolder(Folder):
     @property
     def task(self) -> str:
         return self.record.task
-
-    @property
-    def generative(self) -> bool:
-        return self.task in GENERATIVE_TASKS
 
     @property
     def max_length(self) -> int:

@@ -71,6 +71,23 @@ def torch_logits(model, tokenizer, data: TaskData, batch_size: int, max_length: 
     return stack(out, max_length)
 
 
+def model_inputs(model, batch: dict) -> dict:
+    """The forward inputs of a teacher-forced batch; seq2seq decoder inputs are the labels shifted right, as
+    transformers' models do it, from the config alone so that optimum's ORTModel (which lacks the method) works too."""
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    if model.config.is_encoder_decoder:
+        from transformers.models.bart.modeling_bart import shift_tokens_right
+
+        inputs["decoder_input_ids"] = shift_tokens_right(batch["labels"], model.config.pad_token_id, model.config.decoder_start_token_id)
+    return inputs
+
+
+def scored_logits(source, inputs: dict, scored: torch.Tensor, label_shift: int) -> torch.Tensor:
+    """The logits of `source` at the scored positions, [scored tokens, vocabulary]."""
+    logits = source(**inputs).logits.float()
+    return logits[:, : logits.shape[1] - label_shift][scored]
+
+
 def onnx_session(path: Path, threads: int | None = None, disabled_optimizers: list[str] | None = None, spinning: bool = True):
     """A CPU session; `disabled_optimizers` defaults to those recorded in the artifact's export.json.
 

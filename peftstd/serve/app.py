@@ -254,6 +254,7 @@ def create_app(state: ServerState) -> FastAPI:
         stats = w.stats
         return {"name": name, "path": str(state.exports[name]), "ready": state.ready, **w.predictor.describe(),
                 "queued_rows": w.queued_rows, "batches": stats.batches, "rows": stats.rows, "model_seconds": stats.model_seconds,
+                "dropped": {"deadline": stats.dropped_deadline, "disconnected": stats.dropped_disconnected},
                 "padding_share": 1 - stats.real_tokens / stats.padded_tokens if stats.padded_tokens else 0.0}
 
     @app.post("/v1/models/{name}/predict")

@@ -73,8 +73,11 @@ class GenerativeTask(Task):
 
     @torch.no_grad()
     def generate(self, model, tokenizer, rows: list[PromptExample], settings, max_length: int, seed: int) -> list[str]:
-        """Responses to `rows`' prompts under the `generation:` settings, decoded without special tokens."""
-        model.eval()
+        """Responses to `rows`' prompts under the `generation:` settings, decoded without special tokens; `model`
+        is a PyTorch model or an exported one (optimum's ORTModel, which has no train/eval modes)."""
+        training = isinstance(model, torch.nn.Module) and model.training
+        if training:
+            model.eval()
         outputs = []
         torch.manual_seed(seed)
         for batch in self.prompt_batches(tokenizer, rows, settings.batch_size, max_length):
@@ -83,7 +86,8 @@ class GenerativeTask(Task):
                                        do_sample=settings.do_sample, temperature=settings.temperature, top_p=settings.top_p,
                                        pad_token_id=tokenizer.pad_token_id)
             outputs += tokenizer.batch_decode(self.new_tokens(model, generated, batch), skip_special_tokens=True)
-        model.train()
+        if training:
+            model.train()
         return [text.strip() for text in outputs]
 
     @staticmethod
