@@ -88,12 +88,13 @@ def test_classification_is_served_like_predict_and_listed(exported, start):
     response = predict(server, "sentiment", TEXTS)
     assert response.status_code == 200, response.text
     outputs = response.json()["outputs"]
-    expected = load_predictor(exported).predict(TEXTS)  # auto: the static int8 artifact, as the server chose
+    expected = load_predictor(exported).predict(TEXTS)  # auto: the dynamic int8 artifact, as the server chose
     assert [o["label"] for o in outputs] == [e["label"] for e in expected]
     assert max(abs(o["probabilities"][k] - e["probabilities"][k]) for o, e in zip(outputs, expected) for k in o["probabilities"]) < 1e-4
     listing = httpx.get(f"{server.url}/v1/models").json()["models"][0]
     assert listing["name"] == "sentiment" and listing["task"] == "text-classification" and listing["labels"] == ["negative", "positive"]
-    assert listing["artifact"] == "int8-static" and listing["gate"]["passed"] and listing["exported"] and listing["batch_independent"]
+    assert listing["artifact"] == "int8-dynamic" and listing["gate"]["passed"] and listing["exported"]
+    assert listing["rows_share_calls"] is False  # dynamic int8 scales activations over the whole call: one row per call
     assert httpx.get(f"{server.url}/docs").status_code == 200
 
 
@@ -191,6 +192,46 @@ def test_inputs_of_clients_that_went_away_never_reach_the_model(exported, start)
         time.sleep(0.1)
     assert info["dropped"]["disconnected"] > 0 and info["rows"] + info["dropped"]["disconnected"] <= 16 * 8
     assert predict(server, "m", ["great"]).status_code == 200  # and the server goes on
+
+
+def test_metrics_count_what_the_clients_saw(exported, start, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    keys = tmp_path / "keys.yaml"
+    client = peftstd("serve", "keys", "add", "client", "--scopes", "infer", "--keys", str(keys)).stdout.strip().splitlines()[-1]
+    scraper = peftstd("serve", "keys", "add", "scraper", "--scopes", "metrics", "--keys", str(keys)).stdout.strip().splitlines()[-1]
+    server = start(f"m={exported}", "--keys", str(keys))
+    auth = {"Authorization": f"Bearer {client}"}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda i: predict(server, "m", [TEXTS[i % len(TEXTS)]] if i % 5 else [""], headers=auth).status_code,
+                                 range(40)))
+    assert predict(server, "nope", ["great"], headers=auth).status_code == 404
+    assert predict(server, "m", ["great"]).status_code == 401
+    assert httpx.get(f"{server.url}/metrics", headers=auth).status_code == 403  # the infer key lacks the metrics scope
+    scraped = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {scraper}"})
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(scraped.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+
+    def value(name: str, **labels) -> float:
+        return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
+
+    route = "/v1/models/{name}/predict"
+    assert value("peftstd_requests_total", model="m", route=route, status="200") == statuses.count(200) == 32
+    assert value("peftstd_requests_total", model="m", route=route, status="422") == statuses.count(422) == 8
+    assert value("peftstd_requests_total", model="nope", route=route, status="404") == 1
+    assert value("peftstd_requests_total", model="m", route=route, status="401") == 1
+    assert value("peftstd_request_duration_seconds_count", model="m", route=route) == 41
+    assert value("peftstd_rejections_total", reason="input") == 8 and value("peftstd_rejections_total", reason="auth") == 1
+    assert value("peftstd_rejections_total", reason="scope") == 1
+    assert value("peftstd_batch_size_sum", model="m") == 32 == value("peftstd_queue_duration_seconds_count", model="m")
+    assert value("peftstd_inference_duration_seconds_count", model="m") == value("peftstd_batch_size_count", model="m") >= 1
+    assert value("peftstd_tokenization_duration_seconds_count", model="m") == 40
+    assert value("peftstd_queue_rows", model="m") == 0 and value("peftstd_requests_in_flight") == 1  # the scrape itself
+    [info] = samples["peftstd_model_info"]
+    assert info.labels["task"] == "text-classification" and info.labels["gate"] == "passed" and len(info.labels["export_sha256"]) == 64
 
 
 def test_bad_requests_are_one_line_4xx(exported, start):

@@ -25,6 +25,7 @@ from peftstd.runtime.predictors import Encoded
 from peftstd.serve.batcher import DeadlineExceeded, ModelWorker, QueueFull
 from peftstd.serve.config import ServeConfig
 from peftstd.serve.keys import KeyRing
+from peftstd.serve.metrics import Metrics
 from peftstd.serve.v2 import HEADER, ProtocolError, Tensor, encode_response, parse_request
 
 INLINE_TOKENIZE_CHARS = 1000  # request bodies up to this size are tokenized on the event loop (see `encode`)
@@ -74,10 +75,10 @@ class ServerState:
     inflight: int = 0
     limiter: RateLimiter | None = None
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="tokenize"))
-    rejections: dict[str, int] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def reject(self, reason: str, status: int, message: str, headers: dict[str, str] | None = None) -> HTTPError:
-        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+        self.metrics.rejections.labels(reason).inc()
         return HTTPError(status, message, headers)
 
     def idle(self) -> bool:
@@ -90,23 +91,42 @@ class ServerState:
 
 
 class Lifecycle:
-    """Counts requests in flight and, once draining, answers new ones 503 (health probes still answer)."""
+    """Counts requests in flight and, once draining, answers new ones 503 (health probes still answer); every
+    answer is counted in the metrics by model, route template and status."""
 
     def __init__(self, app, state: ServerState):
         self.app, self.state = app, state
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"].startswith("/v2/health/"):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.state.draining:
-            response = error_response(503, "the server is shutting down; retry on another replica",
-                                      {"Retry-After": "1", "Connection": "close"})
-            return await response(scope, receive, send)
-        self.state.inflight += 1
+        started, status = time.perf_counter(), 500
+
+        async def send_recorded(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            if scope["path"].startswith("/v2/health/"):
+                await self.app(scope, receive, send_recorded)
+            elif self.state.draining:
+                response = error_response(503, "the server is shutting down; retry on another replica",
+                                          {"Retry-After": "1", "Connection": "close"})
+                await response(scope, receive, send_recorded)
+            else:
+                self.state.inflight += 1
+                self.state.metrics.in_flight.inc()
+                try:
+                    await self.app(scope, receive, send_recorded)
+                finally:
+                    self.state.inflight -= 1
+                    self.state.metrics.in_flight.dec()
         finally:
-            self.state.inflight -= 1
+            route = scope.get("route")  # set by the router on the scope it was given
+            model = scope.get("path_params", {}).get("name", "") if route else ""
+            self.state.metrics.observe_request(model, route.path if route else "unmatched", status, time.perf_counter() - started)
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -203,12 +223,15 @@ def create_app(state: ServerState) -> FastAPI:
     async def encode(model: ModelWorker, make, chars: int) -> list[Encoded]:
         """Tokenize in the pool, off the event loop; a request of a few short texts is tokenized in place, since
         handing it to a thread and back costs more than the 0.1 ms its tokenization takes (measured)."""
+        started = time.perf_counter()
         try:
             if chars <= INLINE_TOKENIZE_CHARS:
                 return make()
             return await asyncio.get_running_loop().run_in_executor(state.pool, make)
         except UserError as error:  # InputError, or the task's own data checks (a question too long for the window)
             raise state.reject("input", 422, str(error)) from None
+        finally:
+            state.metrics.tokenize_seconds.labels(model.name).observe(time.perf_counter() - started)
 
     async def infer(request: Request, model: ModelWorker, items: list[Encoded]) -> list[dict]:
         """Queue the inputs and wait for their results, the deadline, or the client going away."""
@@ -288,6 +311,12 @@ def create_app(state: ServerState) -> FastAPI:
         answer = {"model": name, **({"id": payload["id"]} if "id" in payload else {}), "outputs": outputs}
         return Response(json.dumps(answer).encode(), media_type="application/json")  # plain data: no jsonable_encoder pass
 
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        """Prometheus exposition (text format)."""
+        authorize(request, "metrics")
+        return Response(state.metrics.exposition(), media_type=state.metrics.content_type)
+
     # ---- KServe V2
     @app.get("/v2")
     async def server_metadata(request: Request):
@@ -357,6 +386,7 @@ async def load_models(state: ServerState) -> None:
             worker = ModelWorker(name, predictor, state.cfg.max_batch_size, state.cfg.max_batch_tokens, state.cfg.max_queue,
                                  state.cfg.max_wait_ms, state.cfg.max_padding)
             await loop.run_in_executor(None, warm_up, predictor, state.cfg)
+            state.metrics.add_model(name, worker)
             worker.start()
             state.workers[name] = worker
         state.ready = True
@@ -367,22 +397,20 @@ async def load_models(state: ServerState) -> None:
 
 
 def warm_up(predictor, cfg: ServeConfig) -> None:
-    """One call per length bucket (powers of two up to the model's length) at 1 row and at a full batch, so the
-    first real requests pay no first-call costs (allocator growth, OpenVINO shape compilation)."""
+    """One call per length bucket at 1 row and at a full batch, before the server is ready, so the first real
+    requests pay no first-call costs (allocator growth, kernels built per shape). Buckets: powers of two up to the
+    model's length, or every length a batch can take when the predictor pads to a `length_step` (OpenVINO)."""
     if predictor.generative:
         predictor.run([predictor.encode({"prompt": "hello", "max_new_tokens": 2})])
         return
     vocabulary_id = predictor.tokenizer.convert_tokens_to_ids(predictor.tokenizer.unk_token or "") or 1
-    length = 8
-    while True:
-        length = min(length, predictor.max_length)
+    step, longest = predictor.length_step, predictor.max_length
+    sizes = range(step, longest + step, step) if step > 1 else [8 * 2**i for i in range(max(1, longest.bit_length() - 2))]
+    for length in sorted({predictor.padded_length(n) for n in sizes}):
         rows = max(1, min(cfg.max_batch_size, cfg.max_batch_tokens // length))
         row = predictor.encode_ids([vocabulary_id] * length).rows[0]
         for count in sorted({1, rows}):
             predictor.forward([row] * count)
-        if length == predictor.max_length:
-            break
-        length *= 2
 
 
 # ---- V2 tensors per task

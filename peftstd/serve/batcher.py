@@ -5,7 +5,8 @@ is free, the worker takes the oldest waiting input (so nothing starves) and fill
 inputs nearest to it in length, while the batch stays within `max_batch_size` rows and `max_batch_tokens`
 padded tokens (rows x the longest row): short requests do not pay for a long one's padding. `max_wait_ms`
 (default 0) lets a batch wait for more. Inputs whose deadline passed or whose client went away are dropped
-before they reach the model. The model runs in a thread of its own, so the event loop keeps accepting.
+before they reach the model. The model runs in threads of its own, so the event loop keeps accepting; with
+several engine streams, as many batches run at once.
 
 Written here rather than taken from a serving library: Triton batches only requests of one shape, and
 LitServe/BentoML/Ray Serve batch by count alone, with no token budget and no length grouping.
@@ -78,6 +79,8 @@ def plan_batch(queue: list[Pending], max_rows: int, max_tokens: int, max_padding
 
 
 class ModelWorker:
+    """The queue of one model and the batches it runs: up to `predictor.streams` at once, each in its own thread."""
+
     def __init__(self, name: str, predictor: Predictor, max_batch_size: int, max_batch_tokens: int, max_queue: int,
                  max_wait_ms: float = 0.0, max_padding: float = 1.0):
         self.name, self.predictor = name, predictor
@@ -85,12 +88,13 @@ class ModelWorker:
         self.max_wait = max_wait_ms / 1000
         self.max_padding = max_padding
         self.queue: list[Pending] = []
-        self.busy = False
+        self.streams = getattr(predictor, "streams", 1)
+        self.running: set[asyncio.Task] = set()
         self.stats = BatchStats()
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
+        self.executor = ThreadPoolExecutor(self.streams, thread_name_prefix=f"model-{name}")
         self.wakeup: asyncio.Event | None = None
         self.task: asyncio.Task | None = None
-        self.on_batch = None  # callable(rows, padded_tokens, real_tokens, seconds), set by the metrics
+        self.on_batch = None  # callable(rows, padded_tokens, real_tokens, seconds, queue waits), set by the metrics
 
     @property
     def queued_rows(self) -> int:
@@ -103,7 +107,7 @@ class ModelWorker:
     async def stop(self) -> None:
         if self.task:
             self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+            await asyncio.gather(self.task, *self.running, return_exceptions=True)
         self.executor.shutdown(wait=True)
 
     def submit(self, items: list[Encoded], deadline: float) -> list[asyncio.Future]:
@@ -118,7 +122,7 @@ class ModelWorker:
         return [p.future for p in pending]
 
     def idle(self) -> bool:
-        return not self.queue and not self.busy
+        return not self.queue and not self.running
 
     def drop_stale(self) -> None:
         """Answer and remove inputs whose deadline passed or whose request was cancelled (client gone)."""
@@ -134,11 +138,11 @@ class ModelWorker:
         self.queue = kept
 
     async def loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Start a batch whenever a stream is free and inputs wait."""
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
-            while True:
+            while len(self.running) < self.streams:
                 self.drop_stale()
                 if not self.queue:
                     break
@@ -150,23 +154,28 @@ class ModelWorker:
                 batch = plan_batch(self.queue, self.max_batch_size, self.max_batch_tokens, self.max_padding)
                 taken = {id(p) for p in batch}
                 self.queue = [p for p in self.queue if id(p) not in taken]
-                self.busy = True
-                started = time.perf_counter()
-                try:
-                    results = await loop.run_in_executor(self.executor, self.predictor.run, [p.item for p in batch])
-                except Exception as error:  # noqa: BLE001 - a model failure answers its requests, the worker lives on
-                    for pending in batch:
-                        if not pending.future.done():
-                            pending.future.set_exception(error)
-                    continue
-                finally:
-                    self.busy = False
-                self.record(batch, time.perf_counter() - started)
-                for pending, result in zip(batch, results):
-                    if not pending.future.done():
-                        pending.future.set_result(result)
+                task = asyncio.get_running_loop().create_task(self.run(batch))
+                self.running.add(task)
 
-    def record(self, batch: list[Pending], seconds: float) -> None:
+    async def run(self, batch: list[Pending]) -> None:
+        waits = [time.monotonic() - p.arrived for p in batch]
+        started = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, self.predictor.run, [p.item for p in batch])
+        except Exception as error:  # noqa: BLE001 - a model failure answers its requests, the worker lives on
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        finally:
+            self.running.discard(asyncio.current_task())
+            self.wakeup.set()
+        self.record(batch, time.perf_counter() - started, waits)
+        for pending, result in zip(batch, results):
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    def record(self, batch: list[Pending], seconds: float, waits: list[float]) -> None:
         rows = sum(p.rows for p in batch)
         padded = rows * max(p.item.length for p in batch)
         real = sum(p.item.real_tokens for p in batch)
@@ -177,4 +186,4 @@ class ModelWorker:
         self.stats.last_batch_rows = rows
         self.stats.model_seconds += seconds
         if self.on_batch:
-            self.on_batch(rows, padded, real, seconds)
+            self.on_batch(rows, padded, real, seconds, waits)

@@ -19,10 +19,13 @@ class ServeConfig(Section):
     host: str = Field("127.0.0.1", description="address to listen on; any other than loopback needs a key file")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
     keys: Path | None = Field(None, description="API key file (`peftstd serve keys add`); without it every request is allowed")
-    artifact: str = Field("auto", description="artifact to serve: auto (static int8 if it passed the gate, else fp32), fp32, int8, "
+    artifact: str = Field("auto", description="artifact to serve: auto (the fastest served that passed the gate on the "
+                          "runtime: dynamic int8, static int8, fp32 on onnxruntime; static int8, fp32 on openvino), fp32, int8, "
                           "or a kind/file of export.json")
     runtime: Literal["onnxruntime", "openvino"] = Field("onnxruntime", description="engine of the encoder tasks' artifacts")
     threads: int | None = Field(None, ge=1, description="intra-op threads per model (default: the engine's)")
+    streams: int | None = Field(None, ge=1, description="batches of one model that run at once, the threads split between "
+                                "them (default: 2 on a machine with 2 or more cores, else 1; bench/results/serve_load.md)")
     max_batch_size: int = Field(32, ge=1, description="rows per model call at most")
     max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per model call at most (rows x longest row)")
     max_padding: float = Field(0.2, ge=0, le=1, description="largest share of a batch's tokens that may be padding; inputs "

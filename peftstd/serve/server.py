@@ -3,6 +3,7 @@ get 503, every accepted request is answered, then the process exits 0 (within `d
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -48,6 +49,12 @@ def check_startup(cfg: ServeConfig, exports: dict[str, Path]) -> None:
         choose_artifact(ExportFolder(path), cfg.artifact, cfg.runtime)
 
 
+def default_streams(streams: int | None) -> int:
+    """Two batches in flight where there are two cores: at concurrency 32 on the sentiment export, ONNX Runtime served
+    ~1.2x the requests/s of one 2-thread stream, and one stalled thread no longer holds up a whole call."""
+    return streams or (2 if (os.cpu_count() or 1) >= 2 else 1)
+
+
 def serve(cfg: ServeConfig, exports: dict[str, Path]) -> int:
     import uvicorn
 
@@ -60,7 +67,7 @@ def serve(cfg: ServeConfig, exports: dict[str, Path]) -> int:
     def load(name: str, path: Path):
         # No spinning: the model thread shares the cores with the event loop and the tokenizers, and ONNX Runtime's
         # intra-op threads busy-waiting after each call took them (11.3 ms of CPU per request at concurrency 32).
-        predictor = load_predictor(path, cfg.artifact, cfg.runtime, cfg.threads, spinning=False)
+        predictor = load_predictor(path, cfg.artifact, cfg.runtime, cfg.threads, spinning=False, streams=default_streams(cfg.streams))
         if predictor.generative:
             predictor.max_new_tokens, predictor.max_new_tokens_limit = cfg.max_new_tokens, cfg.max_new_tokens_limit
         return predictor
