@@ -50,7 +50,7 @@ class Encoded:
 
 
 AUTO_ORDER = {  # the fastest served first, measured in bench/results/serve_load.md (sentiment export, 2-core CPU)
-    "onnxruntime": ("int8-dynamic", "int8-static", "fp32"),  # dynamic int8, one row per call, two streams: 1.28x static's requests/s
+    "onnxruntime": ("int8-dynamic", "int8-static", "fp32"),  # dynamic int8 one row per call, 2 streams, alone: 725 texts/s, static 612
     "openvino": ("int8-static", "fp32"),  # OpenVINO runs dynamic int8 at a fifth of static's speed
 }
 
@@ -120,7 +120,7 @@ class Predictor:
     def length_step(self) -> int:
         """Batches are padded to a multiple of this many tokens. OpenVINO's CPU plugin builds kernels for each new
         input shape on first sight, which a server with free-length batches pays again and again (concurrency 32
-        on the sentiment export: 216 requests/s, 352 with lengths rounded to 16); a fixed set of lengths can be
+        on the sentiment export, in an exploratory run: 216 requests/s, 352 with lengths rounded to 16); a fixed set of lengths can be
         warmed up before the server is ready. ONNX Runtime has no such cost, and the padding would only slow it."""
         return 16 if self.runtime == "openvino" else 1
 
@@ -214,8 +214,8 @@ class ClassificationPredictor(Predictor):
             full = len(self.tokenizer(text, pair)["input_ids"]) if len(row["input_ids"]) == self.max_length else 0
             return Encoded([row], meta=text, truncated=full > self.max_length)
         encoding = self.backend.encode(text, pair)
-        row = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask, "token_type_ids": encoding.type_ids}
-        return Encoded([{k: v for k, v in row.items() if k in self.engine.input_names}], meta=text, truncated=bool(encoding.overflowing))
+        row = self.model_row({"input_ids": encoding.ids, "attention_mask": encoding.attention_mask, "token_type_ids": encoding.type_ids})
+        return Encoded([row], meta=text, truncated=bool(encoding.overflowing))
 
     @cached_property
     def backend(self):

@@ -77,6 +77,9 @@ class ServerState:
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="tokenize"))
     metrics: Metrics = field(default_factory=Metrics)
 
+    def __post_init__(self):
+        self.metrics.in_flight.set_function(lambda: self.inflight)
+
     def reject(self, reason: str, status: int, message: str, headers: dict[str, str] | None = None) -> HTTPError:
         self.metrics.rejections.labels(reason).inc()
         return HTTPError(status, message, headers)
@@ -117,12 +120,10 @@ class Lifecycle:
                 await response(scope, receive, send_recorded)
             else:
                 self.state.inflight += 1
-                self.state.metrics.in_flight.inc()
                 try:
                     await self.app(scope, receive, send_recorded)
                 finally:
                     self.state.inflight -= 1
-                    self.state.metrics.in_flight.dec()
         finally:
             route = scope.get("route")  # set by the router on the scope it was given
             model = scope.get("path_params", {}).get("name", "") if route else ""
@@ -405,7 +406,7 @@ def warm_up(predictor, cfg: ServeConfig) -> None:
         return
     vocabulary_id = predictor.tokenizer.convert_tokens_to_ids(predictor.tokenizer.unk_token or "") or 1
     step, longest = predictor.length_step, predictor.max_length
-    sizes = range(step, longest + step, step) if step > 1 else [8 * 2**i for i in range(max(1, longest.bit_length() - 2))]
+    sizes = range(step, longest + step, step) if step > 1 else [8 << i for i in range(longest.bit_length())]
     for length in sorted({predictor.padded_length(n) for n in sizes}):
         rows = max(1, min(cfg.max_batch_size, cfg.max_batch_tokens // length))
         row = predictor.encode_ids([vocabulary_id] * length).rows[0]

@@ -88,7 +88,7 @@ class ModelWorker:
         self.max_wait = max_wait_ms / 1000
         self.max_padding = max_padding
         self.queue: list[Pending] = []
-        self.streams = getattr(predictor, "streams", 1)
+        self.streams = predictor.streams
         self.running: set[asyncio.Task] = set()
         self.stats = BatchStats()
         self.executor = ThreadPoolExecutor(self.streams, thread_name_prefix=f"model-{name}")

@@ -50,8 +50,9 @@ def check_startup(cfg: ServeConfig, exports: dict[str, Path]) -> None:
 
 
 def default_streams(streams: int | None) -> int:
-    """Two batches in flight where there are two cores: at concurrency 32 on the sentiment export, ONNX Runtime served
-    ~1.2x the requests/s of one 2-thread stream, and one stalled thread no longer holds up a whole call."""
+    """Two batches in flight where there are two cores, so that one stalled thread holds up its own call only (at
+    concurrency 32 on the sentiment export, ~1.1-1.2x the requests/s of one 2-thread stream in exploratory runs,
+    not in the committed benchmark)."""
     return streams or (2 if (os.cpu_count() or 1) >= 2 else 1)
 
 
