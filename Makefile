@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.peftstd-installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean promtool
 
 install: $(STAMP)
 
@@ -28,9 +28,17 @@ demo: $(STAMP)
 	@echo "  $(BIN)/peftstd serve runs/latest/export"
 	@echo "  curl -s localhost:8000/v1/models/latest/predict -d '{\"inputs\": [\"a gorgeous, moving film\"]}'"
 
-test: $(STAMP)
+test: $(STAMP) promtool
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# promtool checks and unit-tests the alert rules in deploy/prometheus (tests/test_deploy.py); Debian's `prometheus`
+# package ships it. Installed only when missing; needs root or sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+promtool:
+	@command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@promtool --version | head -1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -230,6 +230,62 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(cfg, model_names(args.exports))
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peftstd.basics.atomic import write_json
+    from peftstd.evaluation.monitor import exit_code, monitor_export, print_report
+
+    report = monitor_export(Path(args.export_dir), Path(args.data), args.column, args.artifact, args.runtime)
+    print_report(report)
+    if args.out:
+        write_json(Path(args.out), report)
+        print(f"written: {args.out}")
+    return exit_code(report, args.fail_on)
+
+
+def cmd_triton(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peftstd.export.triton import write_repository
+
+    export = Path(args.export_dir)
+    name = args.name or (export.absolute().parent.name if export.absolute().name == "export" else export.absolute().name)
+    target = write_repository(export, Path(args.out), name, args.artifact, args.instances, args.max_batch_size, args.max_queue_delay_us)
+    print(f"written: {target} (Triton model repository: tritonserver --model-repository {target.parent}); "
+          f"tokenizer: {Path(args.out) / 'tokenizers' / name}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from peftstd.sweep.report import write_report
+    from peftstd.sweep.run import run_sweep
+    from peftstd.sweep.spec import load_sweep
+
+    spec, base, _ = load_sweep(args.sweep)  # every mistake in the sweep file, before any trial runs
+    study = args.study or Path(args.sweep).stem
+    folder = Path(args.out or Path("runs") / "sweeps" / study).absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or f"sqlite:///{folder / 'study.db'}"
+    trials = args.trials or spec.trials
+    from peftstd.sweep.trial import redacted
+
+    print(f"peftstd sweep: study {study!r}, {trials} trials, {args.workers} worker(s), storage {redacted(storage)}, folder {folder}", flush=True)
+    result = run_sweep(spec, base, folder, storage, study, trials, args.workers, args.threads)
+    import optuna
+
+    write_report(result, optuna.load_study(study_name=study, storage=storage), folder, spec.objective.metric)
+    best = result["best"]
+    if best is None:
+        print(f"no trial completed; see {folder / 'sweep.md'}")
+        return 1
+    print(f"best: trial {best.number}, {spec.objective.metric} {best.value:.4f}, {best.params}")
+    print(f"written: {folder / 'sweep.md'}, {folder / 'best.yaml'}")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -263,6 +319,12 @@ def keys_parser() -> argparse.ArgumentParser:
         command.add_argument("--keys", required=True, help="key file (YAML)")
     parser.set_defaults(func=cmd_keys)
     return parser
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,6 +415,39 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="serve settings YAML; the flags below override it")
     add_flags(serve)
     serve.set_defaults(func=cmd_serve)
+
+    monitor = sub.add_parser("monitor", help="prediction drift (PSI, JS distance) of logged inputs against the export's "
+                                              "held-out reference (monitor.json), as `serve` publishes it")
+    monitor.add_argument("export_dir", metavar="EXPORT")
+    monitor.add_argument("--data", required=True, help="request log of `serve --log-inputs`, a .jsonl/.csv/.tsv/.parquet "
+                         "table, or a .txt file of one input per line")
+    monitor.add_argument("--column", default="text", help="the table's input column (default text)")
+    monitor.add_argument("--artifact", default="auto", help="artifact to run (default: the one `serve` picks)")
+    monitor.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    monitor.add_argument("--out", help="write the figures as JSON here")
+    monitor.add_argument("--fail-on", choices=["moderate", "major"], help="exit 3 when any feature drifts this much or more")
+    monitor.set_defaults(func=cmd_monitor)
+
+    triton = sub.add_parser("triton", help="write an export as a Triton Inference Server model repository")
+    triton.add_argument("export_dir", metavar="EXPORT")
+    triton.add_argument("--out", required=True, help="folder for model_repository/ and tokenizers/")
+    triton.add_argument("--name", help="model name (default: the run's name)")
+    triton.add_argument("--artifact", default="auto", help="int8-static or fp32 (default: the first that passed, in that order)")
+    triton.add_argument("--instances", type=positive_int, default=1, help="model instances (instance_group count)")
+    triton.add_argument("--max-batch-size", type=positive_int, default=32)
+    triton.add_argument("--max-queue-delay-us", type=positive_int, default=500, help="dynamic batching's wait for more requests")
+    triton.set_defaults(func=cmd_triton)
+
+    sweep = sub.add_parser("sweep", help="hyperparameter search over recipe keys with Optuna; every trial a run directory")
+    sweep.add_argument("sweep", metavar="SWEEP.yaml", help="base recipe, search space, objective (see recipes/sweeps/)")
+    sweep.add_argument("--trials", type=positive_int, help="trials of the study in all (default: the sweep file's)")
+    sweep.add_argument("--workers", type=positive_int, default=1, help="trials run at once by this process")
+    sweep.add_argument("--storage", help="Optuna storage URL shared by every machine (postgresql://..., mysql://..., "
+                       "or journal:PATH on a shared filesystem); default: SQLite in the sweep folder")
+    sweep.add_argument("--study", help="study name (default: the sweep file's name); the same name continues a study")
+    sweep.add_argument("--out", help="sweep folder (default runs/sweeps/STUDY)")
+    sweep.add_argument("--threads", type=positive_int, help="CPU threads per trial (default: cores / workers)")
+    sweep.set_defaults(func=cmd_sweep)
 
     defaults = sub.add_parser("defaults", help="print the standard's defaults table (Markdown)")
     defaults.set_defaults(func=cmd_defaults)

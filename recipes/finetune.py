@@ -74,6 +74,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.run.checkpoints import Checkpoints, TrainerState, checkpoint_due_by_time
     from peftstd.run.report import plot_curves, render_report
     from peftstd.run.rundir import create_run_dir, decide_run_start, point_latest, run_name
+    from peftstd.sweep.trial import SweepTrial
     from peftstd.tasks import get_task
     from peftstd.training.batching import eval_loader, train_loader
     from peftstd.training.distributed import check_world_size, on_main_then_broadcast
@@ -81,8 +82,10 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps
     from peftstd.training.precision import accelerate_name, resolve_precision
     from peftstd.training.selection import Selection
+    from peftstd.training.threads import set_cpu_threads
 
     started = time.time()
+    sweep_trial = SweepTrial.from_env()  # set by `peftstd sweep`: report validation values, stop when pruned
 
     # --- Accelerator: device placement, mixed precision, gradient accumulation, DDP -------------
     precision, precision_reason = resolve_precision(cfg.training.precision, torch.cuda.is_available())
@@ -92,6 +95,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
         gradient_accumulation_steps=cfg.training.gradient_accumulation_steps,
     )
     check_world_size(accelerator.num_processes)
+    threads = set_cpu_threads(cfg.training.cpu_threads, accelerator.num_processes) if accelerator.device.type == "cpu" else None
     set_seed(cfg.training.seed)
     is_main = accelerator.is_main_process
 
@@ -171,7 +175,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(run_dir / "tensorboard", purge_step=state.step + 1 if resume_from else None)
-        print_banner(cfg, base, splits, parameters, precision, accelerator.num_processes, total_steps, run_dir)
+        print_banner(cfg, base, splits, parameters, precision, accelerator.num_processes, total_steps, run_dir, threads)
         if resume_from:
             print(f"resuming from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batches_in_epoch})", file=sys.stderr)
 
@@ -182,7 +186,8 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=not is_main, dynamic_ncols=True)
     session_started, session_start_seconds = time.time(), state.train_seconds
     model.train()
-    while state.step < total_steps and not selection.should_stop:
+    pruned = False
+    while state.step < total_steps and not selection.should_stop and not pruned:
         epoch_generator.manual_seed(cfg.training.seed + state.epoch)  # data order depends on (seed, epoch) only
         batches = accelerator.skip_first_batches(train_dl, state.batches_in_epoch) if state.batches_in_epoch else train_dl
         for batch in batches:
@@ -225,13 +230,15 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                 metrics, _, _ = evaluate(model, val_dl, val_order, accelerator, task)
                 state.history["validation"].append({"step": step, "epoch": step / steps_per_epoch, **metrics})
                 improved = selection.update(metrics, step)
+                if sweep_trial:
+                    pruned = on_main_then_broadcast(accelerator, lambda at=step, value=metrics[selection.metric]: sweep_trial.should_prune(at, value))
                 if improved:
                     best_snapshot = method.snapshot(unwrapped)
                     if is_main:
                         atomic.replace_dir(run_dir / "checkpoints" / "best", lambda d: method.save(unwrapped, d))
                 if is_main:
                     progress.write(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                                   + (" (best)" if improved else ""))
+                                   + (" (best)" if improved else "") + (" (pruned by the sweep)" if pruned else ""))
                     if writer:
                         for key, value in metrics.items():
                             writer.add_scalar(f"validation/{key}", value, step)
@@ -241,7 +248,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                 state.selection, state.accumulation_counter = selection.state(), accelerator.step
                 checkpoints.save(state, unwrapped, optimizer, scheduler, method, best_snapshot)
                 last_checkpoint_time = time.time()
-            if step >= total_steps or selection.should_stop:
+            if step >= total_steps or selection.should_stop or pruned:
                 break
         else:
             state.epoch, state.batches_in_epoch = state.epoch + 1, 0
@@ -300,8 +307,9 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                 "device": str(accelerator.device), "learning_rate": learning_rate, "optimizer_steps": state.step,
                 "planned_steps": total_steps, "steps_per_epoch": steps_per_epoch, "stopped_early": selection.should_stop,
                 "train_seconds": train_seconds, "train_samples_per_second": state.seen / train_seconds,
-                "resumed": bool(resume_from),
+                "resumed": bool(resume_from), "cpu_threads": threads,
             },
+            "sweep": sweep_trial.record() if sweep_trial else None,
             "wall_time_s": time.time() - started,
             "peak_memory": provenance.peak_memory_mb(),
         }

@@ -67,12 +67,14 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
     from peftstd.training.distributed import check_world_size
     from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps
     from peftstd.training.precision import accelerate_name, resolve_precision
+    from peftstd.training.threads import set_cpu_threads
 
     started = time.time()
     precision, precision_reason = resolve_precision(cfg.training.precision, torch.cuda.is_available())
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=accelerate_name(precision),
                               gradient_accumulation_steps=cfg.training.gradient_accumulation_steps)
     check_world_size(accelerator.num_processes)
+    threads = set_cpu_threads(cfg.training.cpu_threads, accelerator.num_processes) if accelerator.device.type == "cpu" else None
     set_seed(cfg.training.seed)
     is_main = accelerator.is_main_process
 
@@ -190,7 +192,7 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
             "parameters": parameters,
             "training": {"precision": precision, "precision_reason": precision_reason, "world_size": accelerator.num_processes,
                          "learning_rate": learning_rate, "optimizer_steps": step, "train_seconds": train_seconds,
-                         "train_sequences_per_second": seen / train_seconds},
+                         "train_sequences_per_second": seen / train_seconds, "cpu_threads": threads},
             "wall_time_s": time.time() - started,
             "peak_memory": provenance.peak_memory_mb(),
         }

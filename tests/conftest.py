@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,3 +178,55 @@ def exported(trained, tmp_path_factory) -> Path:
     return out
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A `peftstd serve` process; stopped (SIGTERM, then SIGKILL) when the test ends."""
+
+    def __init__(self, *args: str, wait: bool = True):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "peftstd", "serve", *args, "--port", str(self.port)],
+                                        cwd=REPO, env=RECIPE_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited {self.process.returncode}: {self.process.stdout.read()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("server not ready in time")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start():
+    servers = []
+
+    def make(*args: str, **kwargs) -> Server:
+        servers.append(Server(*args, **kwargs))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.stop()

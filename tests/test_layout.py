@@ -15,7 +15,7 @@ FLOORS = [
     {"config", "pretraining"},                        # the schema assembled from the sections above
     {"training", "run"},                              # the training loop's parts and the run directory it writes
     {"runtime"},                                      # reading run/export folders, loading and running artifacts
-    {"evaluation", "export", "bench", "serve"},       # what the commands do
+    {"evaluation", "export", "bench", "serve", "sweep"},  # what the commands do
     {"cli", "__main__"},                              # the commands
 ]
 FLOOR = {package: level for level, packages in enumerate(FLOORS) for package in packages}

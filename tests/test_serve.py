@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -17,64 +16,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import RECIPE_ENV, REPO, peftstd
+from conftest import RECIPE_ENV, REPO, Server, peftstd
 
 TEXTS = ["the movie was great and fun", "a dull and tedious plot", "brilliant", "the acting was really very clumsy and the story was bland",
          "quite a charming story", "painful", "the film was superb and moving and the plot was delightful", "boring"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A `peftstd serve` process; stopped (SIGTERM, then SIGKILL) when the test ends."""
-
-    def __init__(self, *args: str, wait: bool = True):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen([sys.executable, "-m", "peftstd", "serve", *args, "--port", str(self.port)],
-                                        cwd=REPO, env=RECIPE_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if wait:
-            self.wait_ready()
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited {self.process.returncode}: {self.process.stdout.read()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server not ready in time")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-@pytest.fixture
-def start():
-    servers = []
-
-    def make(*args: str, **kwargs) -> Server:
-        servers.append(Server(*args, **kwargs))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.stop()
 
 
 def predict(server: Server, model: str, inputs, headers=None, timeout: float = 60, **kwargs) -> httpx.Response:

@@ -112,6 +112,9 @@ class TrainingSection(Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables clipping.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto' picks bf16 autocast where the CPU/GPU supports it, else fp32; the choice is recorded.")
     group_by_length: bool = Field(True, description="Batch examples of similar length together to cut padding.")
+    cpu_threads: int | None = Field(None, ge=1, description="Intra-op CPU threads per process; null: the machine's physical cores "
+                                    "shared among its processes, whatever the launcher set (OMP_NUM_THREADS). A rerun must use "
+                                    "the same count to repeat a CPU run bit for bit; the manifest records it.")
     seed: int = Field(42, description="Seed of every RNG (python, numpy, torch, data order).")
     log_every_steps: int = Field(10, ge=1, description="Log loss and learning rate every N optimizer steps.")
 

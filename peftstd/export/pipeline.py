@@ -121,7 +121,7 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
 
         def fill_generative(folder: Path) -> int:
             passed = export_generative(loaded, cfg, splits, task, profile, stages, report, folder)
-            return finish(folder, report, passed, task, max_length, loaded.labels, folder_ops(folder), stages, run_dir)
+            return finish(folder, report, passed, task, max_length, loaded.labels, folder_ops(folder), stages, run_dir, splits.test)
 
         return write_export(out_dir, report, fill_generative)
 
@@ -221,7 +221,7 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
         loaded.tokenizer.save_pretrained(folder)
         report["sizes_mb"] = {p.name: p.stat().st_size / 2**20 for p in artifacts.values()}
         return finish(folder, report, passed, task, max_length, loaded.labels, {p.name: op_histogram(p) for p in artifacts.values()},
-                      stages, run_dir)
+                      stages, run_dir, splits.test)
 
     return write_export(out_dir, report, fill)
 
@@ -261,17 +261,24 @@ def drop_interval(task, trained_logits, logits, label_ids, resamples: int = 300)
 
 
 def finish(folder: Path, report: dict, passed: bool, task, max_length: int, labels: list[str], ops: dict, stages: Stages,
-           run_dir: Path) -> int:
-    """labels.json, export.json (with the sha256 of every file) and the export card; the exit code."""
+           run_dir: Path, test_rows: list) -> int:
+    """labels.json, monitor.json (drift reference, for a passed export), export.json (with the sha256 of every
+    file) and the export card; the exit code."""
     from peftstd.basics.atomic import write_json, write_text
     from peftstd.basics.hashing import sha256_file
     from peftstd.run.card import render_export_card
+    from peftstd.runtime.drift import write_reference
 
     write_json(folder / "labels.json", labels)
     report.update({"status": "passed" if passed else "failed", "task": task.name,
-                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "max_length": max_length, "ops": ops,
-                   "timings_s": stages.timings, "peak_rss_mb": stages.peak_rss_mb,
-                   "files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}})
+                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "max_length": max_length, "ops": ops})
+    if passed:
+        write_json(folder / "export.json", report)  # read by the predictor that builds the reference; rewritten below
+        with stages.stage("monitor"):
+            write_reference(folder, test_rows)
+    report.update({"timings_s": stages.timings, "peak_rss_mb": stages.peak_rss_mb,
+                   "files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+                             if p.is_file() and p.name != "export.json"}})
     write_json(folder / "export.json", report)
     run_card = run_dir / "README.md"
     write_text(folder / "README.md", render_export_card(report, run_card.read_text() if run_card.is_file() else None))

@@ -213,6 +213,14 @@ class ExportFolder(Folder):
         mtime = (self.path / "export.json").stat().st_mtime
         return datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).isoformat(timespec="seconds")
 
+    @cached_property
+    def monitor(self):
+        """The drift reference (monitor.json, a `drift.MonitorRecord`), or None for exports made before peftstd wrote one."""
+        from peftstd.runtime.drift import MonitorRecord
+
+        path = self.path / "monitor.json"
+        return read_record(path, MonitorRecord) if path.is_file() else None
+
     def artifacts(self) -> dict[str, GateArtifact]:
         """Gate records of the artifacts in the folder by kind ('fp32', 'int8-dynamic', ...); artifacts that failed
         while another of their kind passed were not shipped and are left out."""

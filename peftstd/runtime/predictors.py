@@ -264,7 +264,7 @@ class EntityPredictor(Predictor):
         scores = [float(p[first[w], best[first[w]]]) if w in first else 1.0 for w in range(len(spans))]
         entities = [{"type": kind, "text": text[spans[a][0] : spans[b][1]], "start": spans[a][0], "end": spans[b][1],
                      "score": float(np.mean(scores[a : b + 1]))} for kind, a, b in get_entities(tags)]
-        return {"entities": entities, "tags": tags, "truncated": item.truncated}
+        return {"entities": entities, "tags": tags, "confidence": float(np.mean(scores)) if scores else 1.0, "truncated": item.truncated}
 
 
 class AnswerPredictor(Predictor):

@@ -21,11 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from peftstd import __version__
 from peftstd.errors import UserError
+from peftstd.runtime.drift import DriftWindow, observe
 from peftstd.runtime.predictors import Encoded
 from peftstd.serve.batcher import DeadlineExceeded, ModelWorker, QueueFull
 from peftstd.serve.config import ServeConfig
 from peftstd.serve.keys import KeyRing
 from peftstd.serve.metrics import Metrics
+from peftstd.serve.requestlog import RequestLog, request_id
 from peftstd.serve.v2 import HEADER, ProtocolError, Tensor, encode_response, parse_request
 
 INLINE_TOKENIZE_CHARS = 1000  # request bodies up to this size are tokenized on the event loop (see `encode`)
@@ -35,6 +37,11 @@ class HTTPError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
+
+
+def log_entry(request: Request) -> dict:
+    """What the handlers found out about a request, for its request-log line (`Lifecycle` writes it)."""
+    return request.scope.setdefault("peftstd.log", {})
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -76,9 +83,17 @@ class ServerState:
     limiter: RateLimiter | None = None
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="tokenize"))
     metrics: Metrics = field(default_factory=Metrics)
+    drift: dict[str, DriftWindow] = field(default_factory=dict)
+    log: RequestLog | None = None
 
     def __post_init__(self):
         self.metrics.in_flight.set_function(lambda: self.inflight)
+
+    def observe(self, model: ModelWorker, items: list[Encoded], results: list[dict]) -> None:
+        """Add the answered inputs to the model's drift window (inputs sent as token ids are not observed)."""
+        window = self.drift.get(model.name)
+        if window is not None:
+            window.add([observe(model.predictor, item, result) for item, result in zip(items, results) if not item.raw])
 
     def reject(self, reason: str, status: int, message: str, headers: dict[str, str] | None = None) -> HTTPError:
         self.metrics.rejections.labels(reason).inc()
@@ -103,12 +118,17 @@ class Lifecycle:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), 500
+        started, status, sent = time.perf_counter(), 500, 0
+        rid = request_id(scope["headers"])
+        scope["peftstd.log"] = entry = {}  # filled by the handlers (key, model, inputs, outputs, timings, error)
 
         async def send_recorded(message):
-            nonlocal status
+            nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
             await send(message)
 
         try:
@@ -127,7 +147,13 @@ class Lifecycle:
         finally:
             route = scope.get("route")  # set by the router on the scope it was given
             model = scope.get("path_params", {}).get("name", "") if route else ""
-            self.state.metrics.observe_request(model, route.path if route else "unmatched", status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.state.metrics.observe_request(model, route.path if route else "unmatched", status, seconds)
+            if self.state.log is not None and not scope["path"].startswith("/v2/health/"):
+                self.state.log.write({"request_id": rid, "key": entry.pop("key", None), "method": scope["method"],
+                                      "route": route.path if route else scope["path"][:200], "model": model or None, "status": status,
+                                      "request_bytes": entry.pop("request_bytes", 0), "response_bytes": sent,
+                                      "duration_ms": round(seconds * 1000, 3), **entry})
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -140,12 +166,15 @@ def create_app(state: ServerState) -> FastAPI:
         for worker in state.workers.values():
             await worker.stop()
         state.pool.shutdown(wait=False)
+        if state.log is not None:
+            state.log.close()
 
     app = FastAPI(title="peftstd serve", version=__version__, lifespan=lifespan,
                   description="Exported peftstd models: /v1 JSON API and KServe V2 (Open Inference Protocol).")
 
     @app.exception_handler(HTTPError)
     async def on_http_error(request: Request, error: HTTPError):
+        log_entry(request)["error"] = error.message
         return error_response(error.status, error.message, error.headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -164,7 +193,9 @@ def create_app(state: ServerState) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, error: RequestValidationError):
         first = error.errors()[0]
-        return error_response(422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+        message = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        log_entry(request)["error"] = message
+        return error_response(422, message)
 
     def authorize(request: Request, scope: str) -> str:
         """The key's name (or the client's address without keys); 401 without a valid key, 403 without the scope."""
@@ -181,6 +212,7 @@ def create_app(state: ServerState) -> FastAPI:
             if not key.allows(scope):
                 raise state.reject("scope", 403, f"key {key.name!r} lacks the {scope!r} scope (it has {', '.join(key.scopes)})")
             who = key.name
+            log_entry(request)["key"] = who
         if scope == "infer" and state.limiter:
             wait = state.limiter.retry_after(who)
             if wait:
@@ -208,7 +240,9 @@ def create_app(state: ServerState) -> FastAPI:
             if size > cfg.max_body_bytes:
                 raise state.reject("size", 413, f"request body exceeds the limit of {cfg.max_body_bytes} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+        body = b"".join(chunks)
+        log_entry(request)["request_bytes"] = len(body)
+        return body
 
     def check_inputs(values: list) -> None:
         if not values:
@@ -221,7 +255,7 @@ def create_app(state: ServerState) -> FastAPI:
                 if len(text) > cfg.max_chars:
                     raise state.reject("input", 422, f"inputs[{i}] has {len(text)} characters; the limit is {cfg.max_chars}")
 
-    async def encode(model: ModelWorker, make, chars: int) -> list[Encoded]:
+    async def encode(request: Request, model: ModelWorker, make, chars: int) -> list[Encoded]:
         """Tokenize in the pool, off the event loop; a request of a few short texts is tokenized in place, since
         handing it to a thread and back costs more than the 0.1 ms its tokenization takes (measured)."""
         started = time.perf_counter()
@@ -232,11 +266,14 @@ def create_app(state: ServerState) -> FastAPI:
         except UserError as error:  # InputError, or the task's own data checks (a question too long for the window)
             raise state.reject("input", 422, str(error)) from None
         finally:
-            state.metrics.tokenize_seconds.labels(model.name).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            state.metrics.tokenize_seconds.labels(model.name).observe(seconds)
+            log_entry(request)["tokenize_ms"] = round(seconds * 1000, 3)
 
     async def infer(request: Request, model: ModelWorker, items: list[Encoded]) -> list[dict]:
         """Queue the inputs and wait for their results, the deadline, or the client going away."""
-        deadline = time.monotonic() + cfg.deadline_ms / 1000
+        started = time.monotonic()
+        deadline = started + cfg.deadline_ms / 1000
         try:
             futures = model.submit(items, deadline)
         except QueueFull:
@@ -255,9 +292,13 @@ def create_app(state: ServerState) -> FastAPI:
                 raise state.reject("disconnected", 499, "client closed the request")
             raise state.reject("deadline", 504, f"no answer within the deadline of {cfg.deadline_ms} ms")
         try:
-            return results.result()
+            outputs = results.result()
         except DeadlineExceeded:
             raise state.reject("deadline", 504, f"no answer within the deadline of {cfg.deadline_ms} ms") from None
+        entry = log_entry(request)
+        entry["wait_ms"], entry["outputs"] = round((time.monotonic() - started) * 1000, 3), outputs
+        state.observe(model, items, outputs)
+        return outputs
 
     # ---- our JSON API
     @app.get("/v1/models")
@@ -297,6 +338,7 @@ def create_app(state: ServerState) -> FastAPI:
             raise state.reject("input", 422, f"unknown field {unknown[0]!r}; allowed: inputs, id")
         values = payload["inputs"]
         check_inputs(values)
+        log_entry(request)["inputs"] = values
 
         def make() -> list[Encoded]:
             items = []
@@ -307,7 +349,7 @@ def create_app(state: ServerState) -> FastAPI:
                     raise type(error)(f"inputs[{i}]: {error}") from None
             return items
 
-        items = await encode(model, make, len(body))
+        items = await encode(request, model, make, len(body))
         outputs = await infer(request, model, items)
         answer = {"model": name, **({"id": payload["id"]} if "id" in payload else {}), "outputs": outputs}
         return Response(json.dumps(answer).encode(), media_type="application/json")  # plain data: no jsonable_encoder pass
@@ -356,10 +398,11 @@ def create_app(state: ServerState) -> FastAPI:
         body = await read_body(request)
         try:
             payload, tensors = parse_request(body, request.headers.get(HEADER))
-            make, raw = v2_items(model, {t.name: t for t in tensors})
+            make, raw, values = v2_items(model, {t.name: t for t in tensors})
+            log_entry(request)["inputs"] = values
         except ProtocolError as error:
             raise state.reject("input", 400, str(error)) from None
-        items = await encode(model, make, len(body))
+        items = await encode(request, model, make, len(body))
         results = await infer(request, model, items)
         try:
             content, headers = encode_response(name, payload, v2_tensors(model, results, raw))
@@ -387,7 +430,13 @@ async def load_models(state: ServerState) -> None:
             worker = ModelWorker(name, predictor, state.cfg.max_batch_size, state.cfg.max_batch_tokens, state.cfg.max_queue,
                                  state.cfg.max_wait_ms, state.cfg.max_padding)
             await loop.run_in_executor(None, warm_up, predictor, state.cfg)
-            state.metrics.add_model(name, worker)
+            reference = predictor.export.monitor
+            if reference is not None:
+                state.drift[name] = DriftWindow(reference, state.cfg.drift_window, state.cfg.drift_window_s)
+            else:
+                print(f"peftstd serve: {name}: no monitor.json in {path} (exported before peftstd wrote one); "
+                      "no drift metrics for it (re-export to get them)", flush=True)
+            state.metrics.add_model(name, worker, state.drift.get(name))
             worker.start()
             state.workers[name] = worker
         state.ready = True
@@ -452,7 +501,8 @@ def texts(tensors: dict[str, Tensor], name: str) -> list[str]:
 
 
 def v2_items(model: ModelWorker, tensors: dict[str, Tensor]):
-    """(a callable that encodes the request's inputs, whether they are token ids); ProtocolError when malformed."""
+    """(a callable that encodes the request's inputs, whether they are token ids, the inputs as /v1 takes them or
+    None for token ids); ProtocolError when malformed."""
     predictor = model.predictor
     if "input_ids" in tensors:
         names = set(predictor.engine.input_names) if not predictor.generative else {"input_ids"}
@@ -472,7 +522,7 @@ def v2_items(model: ModelWorker, tensors: dict[str, Tensor]):
                                          columns["token_type_ids"][i] if "token_type_ids" in columns else None)
                     for i in range(len(columns["input_ids"]))]
 
-        return make_ids, True
+        return make_ids, True, None
     if predictor.task == "question-answering":
         questions, contexts = texts(tensors, "question"), texts(tensors, "context")
         if len(questions) != len(contexts):
@@ -485,7 +535,7 @@ def v2_items(model: ModelWorker, tensors: dict[str, Tensor]):
         raise ProtocolError(f"unknown input {unknown[0]!r}; see GET /v2/models/{model.name}")
     if not values:
         raise ProtocolError("the request holds no inputs")
-    return (lambda: [predictor.encode(v) for v in values]), False
+    return (lambda: [predictor.encode(v) for v in values]), False, values
 
 
 def v2_tensors(model: ModelWorker, results: list[dict], raw: bool) -> list[Tensor]:

@@ -41,6 +41,13 @@ class ServeConfig(Section):
     max_new_tokens_limit: int = Field(256, ge=1, description="generative models: the largest max_new_tokens a request may ask for")
     rate_limit: float = Field(0.0, ge=0, description="requests per second per API key (per client address without keys); 0: off")
     rate_burst: int = Field(20, ge=1, description="requests a key may send at once above its rate")
+    drift_window: int = Field(1000, ge=1, description="predictions per model kept for drift monitoring (PSI and JS distance "
+                              "against the export's monitor.json, at /metrics)")
+    drift_window_s: float = Field(3600.0, gt=0, description="drift monitoring forgets predictions older than this many seconds")
+    request_log: str | None = Field(None, description="write one JSON line per request to this file ('-': standard output); "
+                                    "off when unset")
+    log_inputs: bool = Field(False, description="put each request's input texts in the request log, personal data masked "
+                             "(e-mail, phone, card, IBAN, ID number, IP address, keys)")
     drain_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long accepted requests may take before the process exits")
     ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM); with ssl_keyfile, serve HTTPS")
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM)")
@@ -65,8 +72,11 @@ class ServeConfig(Section):
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """Every setting as a flag (`max_batch_size` -> `--max-batch-size`), defaulting to unset so the config file wins."""
     for name, field in ServeConfig.model_fields.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=f"serve_{name}", default=None, metavar=name.upper(),
-                            help=f"{field.description} (default {field.default})")
+        flag, text = "--" + name.replace("_", "-"), f"{field.description} (default {field.default})"
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=f"serve_{name}", default=None, action="store_const", const=True, help=text)
+        else:
+            parser.add_argument(flag, dest=f"serve_{name}", default=None, metavar=name.upper(), help=text)
 
 
 def load_serve_config(path: str | None, args: argparse.Namespace) -> ServeConfig:

@@ -3,12 +3,17 @@
 Named in the style of the serving tools people already scrape (Triton's `nv_inference_request_duration_us`,
 `nv_inference_queue_duration_us`; text-embeddings-inference's `te_request_*`, `te_batch_*`): requests by model,
 route and status; request, queue, tokenization and inference time; batch size and padding; queue depth;
-rejections by reason; and one `peftstd_model_info` series per model carrying what it serves.
+rejections by reason; one `peftstd_model_info` series per model carrying what it serves; and prediction drift
+per model and feature against the export's monitor.json (`peftstd_drift_psi`, `peftstd_drift_js_distance`,
+computed at scrape time over the rolling window, and `peftstd_drift_window_size`). `deploy/prometheus/alerts.yml`
+alerts on these names.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -39,15 +44,23 @@ class Metrics:
         self.batch_padding = Histogram("peftstd_batch_padding_ratio", "share of a batch's tokens that are padding",
                                        ["model"], buckets=SHARE, registry=registry)
         self.queue_rows = Gauge("peftstd_queue_rows", "inputs waiting for a batch", ["model"], registry=registry)
+        self.queue_capacity = Gauge("peftstd_queue_capacity_rows", "inputs that may wait for a batch before requests are "
+                                    "refused (max_queue)", ["model"], registry=registry)
+        self.drift = DriftCollector()
+        registry.register(self.drift)
         self.model_info = Gauge("peftstd_model_info", "1 for each served model; what it serves is in the labels",
                                 ["model", "task", "artifact", "runtime", "export_sha256", "gate"], registry=registry)
 
-    def add_model(self, name: str, worker) -> None:
-        """The model's info series, its queue depth (read at scrape time), and its batches as they end."""
+    def add_model(self, name: str, worker, drift=None) -> None:
+        """The model's info series, its queue depth (read at scrape time), its batches as they end, and its drift
+        window (a `drift.DriftWindow`, None for an export without monitor.json)."""
         info = worker.predictor.describe()
         self.model_info.labels(name, info["task"], info["artifact"], info["runtime"], info.get("export_sha256") or "",
                                info["gate"]["status"]).set(1)
         self.queue_rows.labels(name).set_function(lambda: worker.queued_rows)
+        self.queue_capacity.labels(name).set(worker.max_queue)
+        if drift is not None:
+            self.drift.windows[name] = drift
 
         def on_batch(rows: int, padded: int, real: int, seconds: float, waits: list[float]) -> None:
             self.inference_seconds.labels(name).observe(seconds)
@@ -65,3 +78,27 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class DriftCollector(Collector):
+    """PSI and Jensen-Shannon distance per model and feature, computed from each model's window when scraped."""
+
+    def __init__(self):
+        self.windows: dict = {}  # model name -> drift.DriftWindow
+
+    def describe(self):
+        return []  # computed per scrape; nothing to check at registration
+
+    def collect(self):
+        psi = GaugeMetricFamily("peftstd_drift_psi", "population stability index of a prediction feature over the window "
+                                "against the export's held-out reference (0.1 moderate, 0.25 major)", labels=["model", "feature"])
+        js = GaugeMetricFamily("peftstd_drift_js_distance", "Jensen-Shannon distance (natural log) of a prediction feature "
+                               "over the window against the reference (drift above 0.1)", labels=["model", "feature"])
+        size = GaugeMetricFamily("peftstd_drift_window_size", "predictions in the drift window", labels=["model"])
+        for name, window in self.windows.items():
+            count, figures = window.figures()
+            size.add_metric([name], count)
+            for feature, values in figures.items():
+                psi.add_metric([name, feature], values["psi"])
+                js.add_metric([name, feature], values["js"])
+        yield from (psi, js, size)

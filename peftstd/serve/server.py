@@ -47,6 +47,12 @@ def check_startup(cfg: ServeConfig, exports: dict[str, Path]) -> None:
             raise UserError(f"key file {str(cfg.keys)!r} holds no keys; add one with `peftstd serve keys add NAME --keys {cfg.keys}`")
     for path in exports.values():
         choose_artifact(ExportFolder(path), cfg.artifact, cfg.runtime)
+    if cfg.request_log not in (None, "-"):
+        folder = Path(cfg.request_log).absolute().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"request log {cfg.request_log!r}: folder {str(folder)!r} does not exist or is not writable")
+    if cfg.log_inputs and cfg.request_log is None:
+        raise UserError("--log-inputs needs --request-log FILE (or - for standard output)")
 
 
 def default_streams(streams: int | None) -> int:
@@ -73,8 +79,11 @@ def serve(cfg: ServeConfig, exports: dict[str, Path]) -> int:
             predictor.max_new_tokens, predictor.max_new_tokens_limit = cfg.max_new_tokens, cfg.max_new_tokens_limit
         return predictor
 
+    from peftstd.serve.requestlog import RequestLog
+
     state = ServerState(cfg, exports, load, keyring=KeyRing(cfg.keys) if cfg.keys else None,
-                        limiter=RateLimiter(cfg.rate_limit, cfg.rate_burst) if cfg.rate_limit else None)
+                        limiter=RateLimiter(cfg.rate_limit, cfg.rate_burst) if cfg.rate_limit else None,
+                        log=RequestLog(cfg.request_log, cfg.log_inputs) if cfg.request_log else None)
     app = Lifecycle(create_app(state), state)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False,
                             ssl_certfile=str(cfg.ssl_certfile) if cfg.ssl_certfile else None,

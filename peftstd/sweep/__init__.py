@@ -1,0 +1,1 @@
+"""`peftstd sweep`: hyperparameter search with Optuna over the recipe schema's own keys."""
