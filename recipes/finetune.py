@@ -79,6 +79,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.training.batching import eval_loader, train_loader
     from peftstd.training.distributed import check_world_size, on_main_then_broadcast
     from peftstd.training.evaluate import evaluate
+    from peftstd.training.flops import matmul_peak, training_flops_per_token, utilization
     from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps
     from peftstd.training.precision import accelerate_name, resolve_precision
     from peftstd.training.selection import Selection
@@ -149,6 +150,13 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     unwrapped = accelerator.unwrap_model(model)
     fgm = FGM(unwrapped, regularization.fgm_epsilon) if regularization.fgm_epsilon else None
 
+    # --- Model FLOPs: one step counted on a batch of the training split (RNG untouched), and the matmul peak -----
+    sample = {k: v.to(accelerator.device) if hasattr(v, "to") else v
+              for k, v in collator(encoded["train"].features[: cfg.training.batch_size]).items()}
+    flops_per_token = training_flops_per_token(model, sample, lambda m, b: task.loss(m, b, regularization.label_smoothing))
+    peak = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32,
+                       torch.get_num_threads(), accelerator.device) * accelerator.num_processes
+
     # --- Generative tasks: the base model's validation loss and test generations, before any training
     #     or checkpoint touches the weights (the fine-tuned model is compared against them at the end)
     generative = task.generative
@@ -208,6 +216,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             state.running_loss += loss.detach().float().item()
             state.running_batches += 1
             state.seen += len(batch["input_ids"]) * accelerator.num_processes
+            state.tokens += batch["input_ids"].numel() * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
@@ -308,6 +317,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                 "planned_steps": total_steps, "steps_per_epoch": steps_per_epoch, "stopped_early": selection.should_stop,
                 "train_seconds": train_seconds, "train_samples_per_second": state.seen / train_seconds,
                 "resumed": bool(resume_from), "cpu_threads": threads,
+                "flops": utilization(flops_per_token, state.tokens, train_seconds, peak),
             },
             "sweep": sweep_trial.record() if sweep_trial else None,
             "wall_time_s": time.time() - started,
@@ -320,6 +330,9 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
         point_latest(run_dir)
         if writer:
             writer.close()
+        flops = manifest["training"]["flops"]
+        print(f"throughput: {manifest['training']['train_samples_per_second']:.1f} samples/s, {flops['achieved_flops_per_s'] / 1e9:.1f} "
+              f"GFLOP/s achieved = {flops['mfu']:.1%} of the measured {precision} matmul peak ({flops['peak_flops_per_s'] / 1e9:.0f} GFLOP/s)")
         print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
         print(f"run directory: {run_dir}")
     accelerator.wait_for_everyone()

@@ -41,3 +41,34 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_checkpoint(tiny_model, s
     losses = {r["step"]: r["loss"] for r in metrics["history"]["validation"]}
     assert metrics["best"]["value"] == min(losses.values()) and losses[metrics["best"]["step"]] == metrics["best"]["value"]
     assert len(losses) == metrics["best"]["step"] + 2  # stopped after two evaluations without improvement
+
+
+def test_flop_count_of_a_tiny_model_matches_a_hand_count(tiny_model):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from peftstd.training.flops import count_flops, training_flops_per_token
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    batch_size, length, hidden, inner, layers = 2, 8, 32, 64, 2
+    batch = {"input_ids": torch.randint(5, 20, (batch_size, length)), "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
+             "labels": torch.tensor([0, 1])}
+    tokens = batch_size * length
+    linear = 2 * tokens * (4 * hidden * hidden + 2 * hidden * inner)  # Q, K, V, output; FFN in and out
+    attention = 2 * 2 * batch_size * length * length * hidden  # Q K^T and attention x V, over every head
+    head = 2 * batch_size * hidden * hidden + 2 * batch_size * hidden * 2  # pooler on [CLS], classifier
+    assert count_flops(lambda: model(**batch)) == layers * (linear + attention) + head
+
+    def loss_of(m, b):
+        return m(**b).loss
+
+    forward = (layers * (linear + attention) + head) / tokens
+    full = training_flops_per_token(model, batch, loss_of)
+    assert all(p.grad is None for p in model.parameters())  # counting leaves no gradients behind
+    lora = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
+    low_rank = training_flops_per_token(lora, batch, loss_of)
+    # full fine-tuning: weight and activation gradients (about 3x the forward); LoRA: the frozen base still passes
+    # gradients back through its activations (about 2x), but computes none for its weights
+    assert 2.9 * forward < full < 3.3 * forward and 1.9 * forward < low_rank < 2.4 * forward

@@ -50,6 +50,7 @@ class TrainerState:
     batches_in_epoch: int = 0
     accumulation_counter: int = 0
     seen: int = 0
+    tokens: int = 0  # padded tokens trained on, all processes (model FLOPs = FLOPs per token x tokens)
     running_loss: float = 0.0
     running_batches: int = 0
     train_seconds: float = 0.0
