@@ -276,7 +276,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = run_sweep(spec, base, folder, storage, study, trials, args.workers, args.threads)
     import optuna
 
-    write_report(result, optuna.load_study(study_name=study, storage=storage), folder, spec.objective.metric)
+    from peftstd.sweep.run import open_storage
+
+    write_report(result, optuna.load_study(study_name=study, storage=open_storage(storage)), folder, spec.objective.metric)
     best = result["best"]
     if best is None:
         print(f"no trial completed; see {folder / 'sweep.md'}")

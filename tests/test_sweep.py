@@ -136,3 +136,18 @@ def test_a_trial_process_prunes_with_the_sweeps_own_pruner(tmp_path):
     none = study.ask()
     quiet = SweepTrial(storage, "s", none._trial_id, none.number, {}, {"type": "none", "startup_trials": 0, "warmup_evaluations": 0})
     assert not quiet.should_prune(10, 0.0) and not quiet.should_prune(20, 0.0)
+
+
+def test_a_journal_file_storage_runs_a_sweep(tiny_model, sentiment_file, tmp_path):
+    """`--storage journal:PATH`: Optuna's journal file (for a shared filesystem), opened the same way by the sweep and
+    by each trial's recipe process."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = sweep_file(tmp_path, tiny_model, sentiment_file, trials=2)
+    journal = tmp_path / "sweep" / "journal.log"
+    result = peftstd("sweep", path, "--out", str(tmp_path / "sweep"), "--storage", f"journal:{journal}", "--threads", "1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    study = optuna.load_study(study_name="sweep", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"] and (tmp_path / "sweep" / "best.yaml").is_file()

@@ -20,13 +20,13 @@ class SweepTrial:
     def __init__(self, storage: str, study: str, trial_id: int, number: int, params: dict, pruner: dict):
         import optuna
 
-        from peftstd.sweep.run import pruner_of
+        from peftstd.sweep.run import open_storage, pruner_of
         from peftstd.sweep.spec import Pruner
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study_name, self.storage, self.number, self.params = study, storage, number, params
         # the sweep's pruner: Optuna's storage keeps trials, not the pruner a study was created with
-        study_ = optuna.load_study(study_name=study, storage=storage, pruner=pruner_of(Pruner(**pruner)))
+        study_ = optuna.load_study(study_name=study, storage=open_storage(storage), pruner=pruner_of(Pruner(**pruner)))
         self.trial = optuna.trial.Trial(study_, trial_id)
         self.pruned = False
 
