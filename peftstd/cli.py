@@ -248,9 +248,10 @@ def cmd_triton(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from peftstd.export.triton import write_repository
+    from peftstd.runtime.folders import ExportFolder
 
     export = Path(args.export_dir)
-    name = args.name or (export.absolute().parent.name if export.absolute().name == "export" else export.absolute().name)
+    name = args.name or ExportFolder(export).name
     target = write_repository(export, Path(args.out), name, args.artifact, args.instances, args.max_batch_size, args.max_queue_delay_us)
     print(f"written: {target} (Triton model repository: tritonserver --model-repository {target.parent}); "
           f"tokenizer: {Path(args.out) / 'tokenizers' / name}")
@@ -264,7 +265,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from peftstd.sweep.run import run_sweep
     from peftstd.sweep.spec import load_sweep
 
-    spec, base, _ = load_sweep(args.sweep)  # every mistake in the sweep file, before any trial runs
+    spec, base = load_sweep(args.sweep)  # every mistake in the sweep file, before any trial runs
     study = args.study or Path(args.sweep).stem
     folder = Path(args.out or Path("runs") / "sweeps" / study).absolute()
     folder.mkdir(parents=True, exist_ok=True)
@@ -273,12 +274,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from peftstd.sweep.trial import redacted
 
     print(f"peftstd sweep: study {study!r}, {trials} trials, {args.workers} worker(s), storage {redacted(storage)}, folder {folder}", flush=True)
-    result = run_sweep(spec, base, folder, storage, study, trials, args.workers, args.threads)
-    import optuna
-
-    from peftstd.sweep.run import open_storage
-
-    write_report(result, optuna.load_study(study_name=study, storage=open_storage(storage)), folder, spec.objective.metric)
+    result = write_report(run_sweep(spec, base, folder, storage, study, trials, args.workers, args.threads), folder,
+                          spec.objective.metric)
     best = result["best"]
     if best is None:
         print(f"no trial completed; see {folder / 'sweep.md'}")

@@ -67,22 +67,21 @@ class Observation:
 
     labels: tuple[str, ...]  # one for classification, each entity's type (or NONE) for NER, none for QA and generation
     confidence: float | None
-    length: int
+    length: int  # tokens, over every row (QA: every context window)
     truncated: bool
-    unknown: int
-    tokens: int
+    unknown: int  # of those, the tokenizer's unknown token
 
 
 def observe(predictor, item, result: dict) -> Observation:
     """The observation of one encoded input and the predictor's result for it."""
     unk = predictor.tokenizer.unk_token_id
-    ids = [i for row in item.rows for i in row["input_ids"]]
     if "entities" in result:
         labels = tuple(e["type"] for e in result["entities"]) or (NONE,)
     else:
         labels = (result["label"],) if "label" in result else ()
     confidence = result.get("confidence", result.get("score"))
-    return Observation(labels, confidence, item.real_tokens, bool(item.truncated), ids.count(unk) if unk is not None else 0, len(ids))
+    unknown = sum(row["input_ids"].count(unk) for row in item.rows) if unk is not None else 0
+    return Observation(labels, confidence, item.real_tokens, bool(item.truncated), unknown)
 
 
 def feature_values(observations: list[Observation]) -> dict[str, list]:
@@ -96,7 +95,7 @@ def counts_of(name: str, profile: FeatureProfile, observations: list[Observation
     """The feature's counts over the profile's bins; unknown tokens are counted per token, the rest per value."""
     if name == "unknown_tokens":
         unknown = sum(o.unknown for o in observations)
-        return np.array([sum(o.tokens for o in observations) - unknown, unknown])
+        return np.array([sum(o.length for o in observations) - unknown, unknown])
     return profile.bin(values[name])
 
 
@@ -131,7 +130,7 @@ def reference_profile(predictor, observations: list[Observation], split: str = "
 def rates_of(observations: list[Observation]) -> dict[str, float]:
     """Share of inputs truncated and of tokens unknown."""
     return {"truncated": sum(o.truncated for o in observations) / max(1, len(observations)),
-            "unknown_tokens": sum(o.unknown for o in observations) / max(1, sum(o.tokens for o in observations))}
+            "unknown_tokens": sum(o.unknown for o in observations) / max(1, sum(o.length for o in observations))}
 
 
 def shares(counts) -> np.ndarray:

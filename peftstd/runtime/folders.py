@@ -213,6 +213,13 @@ class ExportFolder(Folder):
         mtime = (self.path / "export.json").stat().st_mtime
         return datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).isoformat(timespec="seconds")
 
+    @property
+    def name(self) -> str:
+        """The name a model is served or deployed under by default: the run's name for a run's `export/` folder,
+        else the folder's (not resolved: runs/latest/export is "latest", not the link target's name)."""
+        where = self.path.absolute()
+        return where.parent.name if where.name == "export" else where.name
+
     @cached_property
     def monitor(self):
         """The drift reference (monitor.json, a `drift.MonitorRecord`), or None for exports made before peftstd wrote one."""

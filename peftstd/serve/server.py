@@ -21,9 +21,8 @@ def model_names(exports: list[str]) -> dict[str, Path]:
     for spec in exports:
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
         folder = Path(path)
-        ExportFolder(folder)  # one line when it is no export folder
-        where = folder.absolute()  # not resolved: runs/latest/export is named "latest", not after the link target
-        name = name or (where.parent.name if where.name == "export" else where.name)
+        export = ExportFolder(folder)  # one line when it is no export folder
+        name = name or export.name
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise UserError(f"model name {name!r} must be letters, digits, '-', '_' or '.'; name it with NAME=PATH")
         if name in named:

@@ -10,16 +10,16 @@ import yaml
 from peftstd.basics.atomic import write_text
 
 
-def write_report(result: dict, study, folder: Path, metric: str) -> list[Path]:
-    """sweep.md, the plots and best.yaml (when a trial completed); the files written."""
-    written = [folder / "sweep.md"]
-    importances = parameter_importances(study)
-    written += plots(study, folder, metric)
-    best = result["best"]
-    if best is not None:
-        written.append(write_best(best, folder))
-    write_text(folder / "sweep.md", markdown(result, metric, importances, [p.name for p in written if p.suffix == ".png"]))
-    return written
+def write_report(study, folder: Path, metric: str) -> dict:
+    """sweep.md, the plots and best.yaml (when a trial completed); the study's summary."""
+    from peftstd.sweep.run import summary
+
+    result = summary(study)
+    pngs = [path.name for path in plots(study, folder, metric)]
+    if result["best"] is not None:
+        write_best(result["best"], folder)
+    write_text(folder / "sweep.md", markdown(result, metric, parameter_importances(study), pngs))
+    return result
 
 
 def parameter_importances(study) -> dict[str, float]:

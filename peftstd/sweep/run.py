@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from peftstd.errors import UserError
-from peftstd.sweep.spec import Pruner, SweepSpec, override
+from peftstd.sweep.spec import Pruner, SweepSpec
 from peftstd.sweep.trial import ENV, redacted
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "finetune.py"
@@ -94,7 +94,7 @@ def pruner_of(pruner: Pruner):
 
 def suggest(trial, spec: SweepSpec) -> dict:
     params = {}
-    for key, (kind, values) in ((k, next(iter(s.items()))) for k, s in spec.space.items()):
+    for key, kind, values in spec.dimensions():
         if kind == "choice":
             params[key] = trial.suggest_categorical(key, values)
         elif kind in ("int", "log_int"):
@@ -105,8 +105,8 @@ def suggest(trial, spec: SweepSpec) -> dict:
 
 
 def run_sweep(spec: SweepSpec, base: Path, folder: Path, storage_url: str, study_name: str, trials: int, workers: int,
-              threads: int | None) -> dict:
-    """Run trials until the study has `trials` complete or pruned ones; the study's summary."""
+              threads: int | None):
+    """Run trials until the study has `trials` complete or pruned ones; the Optuna study."""
     import optuna
     from optuna.trial import TrialState
 
@@ -148,16 +148,17 @@ def run_sweep(spec: SweepSpec, base: Path, folder: Path, storage_url: str, study
     heartbeats = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
     while True:
         optuna.storages.fail_stale_trials(study)  # trials of a dead process: failed, and queued again
-        if failed() > max(2, trials // 2):
-            raise UserError(f"{failed()} trials failed; see the logs in {folder / 'trials'}")
-        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if finished(study) >= trials or (running and not heartbeats and finished(study) + running >= trials):
+        lost = failed()
+        if lost > max(2, trials // 2):
+            raise UserError(f"{lost} trials failed; see the logs in {folder / 'trials'}")
+        done, running = finished(study), len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if done >= trials or (running and not heartbeats and done + running >= trials):
             break
-        if finished(study) + running >= trials:  # the rest is running elsewhere, or in a process that died
+        if done + running >= trials:  # the rest is running elsewhere, or in a process that died
             time.sleep(HEARTBEAT_S)
             continue
         study.optimize(objective, n_jobs=workers, catch=(TrialFailed,), callbacks=[stop_when_done], gc_after_trial=True)
-    return summary(study)
+    return study
 
 
 def finished(study) -> int:
@@ -174,14 +175,11 @@ def run_trial(trial, params: dict, spec: SweepSpec, base: Path, folder: Path, st
     from peftstd.runtime.folders import RunFolder
 
     name = f"trial-{trial.number:04d}"
-    overrides = [*(override(k, v) for k, v in spec.fixed.items()), *(override(k, v) for k, v in params.items()),
-                 f"evaluation.metric={spec.objective.metric}", f"training.cpu_threads={threads}",
-                 f"output.dir={folder / 'trials'}", f"output.name={name}"]
+    overrides = [*spec.overrides(params), f"training.cpu_threads={threads}", f"output.dir={folder / 'trials'}", f"output.name={name}"]
     env = {**os.environ, ENV: json.dumps(
         {"storage": storage_url, "study": study_name, "trial_id": trial._trial_id, "number": trial.number, "params": params,
          "pruner": spec.pruner.model_dump()})}
     trial.set_user_attr("run", str(folder / "trials" / name))
-    trial.set_user_attr("threads", threads)
     log = folder / "trials" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:

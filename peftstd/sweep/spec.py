@@ -86,6 +86,16 @@ class SweepSpec(Section):
                 raise ValueError(f"space.{key}: {kind} takes whole numbers, got [{low}, {high}]")
         return self
 
+    def dimensions(self) -> list[tuple[str, str, list]]:
+        """(key, kind, values) of each searched key."""
+        return [(key, *next(iter(spec.items()))) for key, spec in self.space.items()]
+
+    def overrides(self, params: dict[str, Any] | None = None) -> list[str]:
+        """The dotted overrides of a trial with `params` on the base recipe: the fixed ones, the parameters, and the
+        objective's metric as the validation metric (once it is known)."""
+        metric = [f"evaluation.metric={self.objective.metric}"] if self.objective.metric else []
+        return [*(override(k, v) for k, v in {**self.fixed, **(params or {})}.items()), *metric]
+
     @property
     def direction(self) -> str:
         return self.objective.direction or ("minimize" if self.objective.metric in LOWER_IS_BETTER else "maximize")
@@ -123,9 +133,9 @@ def numeric_kinds(annotation: Any) -> set[type]:
     return {a for a in args if a in (int, float)}
 
 
-def load_sweep(path: str | Path) -> tuple[SweepSpec, Path, RecipeConfig]:
-    """The validated sweep, its base config's path, and the base config with the fixed overrides (and the objective's
-    metric) applied. Every value the space can take is checked against the recipe schema here."""
+def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
+    """The validated sweep (its objective's metric resolved from the base recipe when it names none) and its base
+    config's path. Every value the space can take is checked against the recipe schema here."""
     from peftstd.config.load import describe
 
     path = Path(path)
@@ -134,15 +144,12 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path, RecipeConfig]:
     except ValidationError as error:
         raise ConfigError(f"sweep {str(path)!r}: {describe(error, SweepSpec)}") from None
     base = (path.parent / spec.base).resolve()
-    fixed = [override(k, v) for k, v in spec.fixed.items()]
-    if spec.objective.metric:
-        fixed.append(f"evaluation.metric={spec.objective.metric}")
     try:
-        config = load_config(base, fixed)
+        config = load_config(base, spec.overrides())
     except ConfigError as error:
         raise ConfigError(f"sweep {str(path)!r}: base {spec.base!r} with fixed overrides: {error}") from None
     spec.objective.metric = config.evaluation.metric
-    for key, (kind, values) in ((k, next(iter(s.items()))) for k, s in spec.space.items()):
+    for key, kind, values in spec.dimensions():
         if key in spec.fixed:
             raise ConfigError(f"space: {key!r} is also fixed; search it or fix it, not both")
         annotation = leaf_annotation(key)
@@ -153,7 +160,7 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path, RecipeConfig]:
             raise ConfigError(f"space: {key!r} takes whole numbers; search it with int or log_int")
         for value in values:
             try:
-                load_config(base, [*fixed, override(key, value)])
+                load_config(base, spec.overrides({key: value}))
             except ConfigError as error:
                 raise ConfigError(f"space: {key}={value!r} is not a valid recipe: {error}") from None
-    return spec, base, config
+    return spec, base

@@ -58,6 +58,7 @@ def training_flops_per_token(model, batch: dict, loss_of) -> float:
 def matmul_peak(dtype: torch.dtype, threads: int, device: torch.device | str = "cpu", repeats: int = 5) -> float:
     """FLOP/s of the fastest of `repeats` square matmuls of `dtype` on `device` (CPU: at `threads` threads), cached
     in peftstd's cache folder per processor, thread count and dtype."""
+    from peftstd.basics.atomic import write_json
     from peftstd.data.cache import cache_dir
     from peftstd.run.manifest import hardware
 
@@ -86,7 +87,7 @@ def matmul_peak(dtype: torch.dtype, threads: int, device: torch.device | str = "
     cached[key] = peak
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(cached, indent=2))
+        write_json(path, cached)  # atomic: sweep workers may measure at once
     except OSError as error:
         raise UserError(f"cannot write the matmul peak cache {str(path)!r}: {error}") from None
     return peak
