@@ -33,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default="bench/results/train_profile.md")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. training.cpu_dropout=torch")
     args = parser.parse_args()
 
     import torch
@@ -45,11 +46,12 @@ def main() -> None:
     from peftstd.run.manifest import hardware
     from peftstd.tasks import get_task
     from peftstd.training.batching import train_loader
+    from peftstd.training.dropout import use_packed_dropout
     from peftstd.training.optim import build_optimizer
     from peftstd.training.precision import resolve_precision
     from peftstd.training.threads import set_cpu_threads
 
-    cfg = load_config(None, ["model.max_length=64", "training.batch_size=32"])
+    cfg = load_config(None, ["model.max_length=64", "training.batch_size=32", *args.overrides])
     threads = set_cpu_threads(None, 1)
     precision, _ = resolve_precision(cfg.training.precision, torch.cuda.is_available())
     splits = load_splits(cfg.data, cfg.task.type)
@@ -62,6 +64,8 @@ def main() -> None:
     encoded = task.encode(tokenizer, splits.train, labels, cfg.model.max_length)
     torch.manual_seed(0)
     model = get_method(cfg.method).apply(task.load_model(base.path, labels), cfg, task, 1000)
+    if cfg.training.cpu_dropout == "packed":
+        use_packed_dropout(model)
     optimizer = build_optimizer(model, cfg.learning_rate(), cfg.training.weight_decay)
     loader, generator = train_loader(encoded, task.collator(tokenizer), cfg.training.batch_size, cfg.training.group_by_length)
     generator.manual_seed(0)
@@ -93,7 +97,7 @@ def main() -> None:
     machine = hardware()
     lines = ["# Where a training step's time goes (torch.profiler)", "", f"`{shlex.join(['python', *sys.argv])}`", "",
              f"{machine['cpu']}, {threads['threads']} threads, {precision}; default recipe (MiniLM + LoRA r=16 on all linear layers, "
-             f"VADER), batch 32, max length 64; {args.steps} profiled steps after 3 warm-up steps, {seconds / args.steps * 1000:.0f} ms "
+             f"VADER), batch 32, max length 64, cpu_dropout {cfg.training.cpu_dropout}; {args.steps} profiled steps after 3 warm-up steps, {seconds / args.steps * 1000:.0f} ms "
              "per step under the profiler. Self CPU time summed over every thread.", "",
              "| family | share of self CPU time |", "|---|---|",
              *(f"| {family} | {value / total:.1%} |" for family, value in sorted(families.items(), key=lambda kv: -kv[1])), "",

@@ -29,6 +29,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.plots import rounds_chart
+
 CONFIG = REPO / "recipes" / "configs" / "smollm2_lora_chat.yaml"
 COMMON = {"rank": 16, "alpha": 32, "dropout": 0.05, "batch": 16, "max_length": 128, "lr": 5e-4}
 
@@ -162,6 +165,7 @@ def main() -> None:
               f"- peftstd's own MFU count: {sum(r['mfu'] for r in results['peftstd-auto']) / args.rounds:.1%} of the measured bf16 matmul peak",
               "", "Peak RSS is the recipe's whole run (base-model validation and generation before training included), TRL's its process."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    rounds_chart(out.with_suffix(".png"), results, "tokens_per_s", "tokens/s", f"SmolLM2 + LoRA SFT, peftstd-auto / trl-sft-best {ratio:.2f}x")
     print("\n".join(lines))
 
 

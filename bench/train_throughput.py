@@ -27,6 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.plots import rounds_chart
+
 COMMON = {"rank": 16, "alpha": 32, "dropout": 0.05, "batch": 32, "max_length": 64, "lr": 5e-4, "epochs": 1}
 
 
@@ -149,6 +151,8 @@ def main() -> None:
     lines += [""] + [f"- {k}: **{v:.2f}x**" for k, v in report["ratios"].items()]
     lines.append(f"- per round, peftstd-auto / trainer-best: {', '.join(f'{r:.2f}x' for r in report['per_round_ratio_vs_best'])}")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    rounds_chart(out.with_suffix(".png"), results, "samples_per_s", "samples/s",
+                 f"MiniLM + LoRA, peftstd-auto / trainer-best {report['ratios']['peftstd-auto / trainer-best']:.2f}x")
     print("\n".join(lines))
 
 

@@ -78,6 +78,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.tasks import get_task
     from peftstd.training.batching import eval_loader, train_loader
     from peftstd.training.distributed import check_world_size, on_main_then_broadcast
+    from peftstd.training.dropout import use_packed_dropout
     from peftstd.training.evaluate import evaluate
     from peftstd.training.flops import matmul_peak, training_flops_per_token, utilization
     from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps
@@ -135,6 +136,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     # --- Model, task head and fine-tuning method ----------------------------------------------------
     dropout = dropout_overrides(model_config, regularization.dropout)
     model = method.apply(task.load_model(base.path, labels, **dropout), cfg, task, total_steps)
+    packed_dropouts = use_packed_dropout(model) if cfg.training.cpu_dropout == "packed" and accelerator.device.type == "cpu" else 0
     parameters = parameter_counts(model)
 
     # --- Optimizer, schedule, loaders ------------------------------------------------------------------
@@ -317,6 +319,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                 "planned_steps": total_steps, "steps_per_epoch": steps_per_epoch, "stopped_early": selection.should_stop,
                 "train_seconds": train_seconds, "train_samples_per_second": state.seen / train_seconds,
                 "resumed": bool(resume_from), "cpu_threads": threads,
+                "dropout_masks": {"setting": cfg.training.cpu_dropout, "packed_modules": packed_dropouts},
                 "flops": utilization(flops_per_token, state.tokens, train_seconds, peak),
             },
             "sweep": sweep_trial.record() if sweep_trial else None,

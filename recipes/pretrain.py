@@ -65,6 +65,7 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
     from peftstd.run.rundir import check_run_path, point_latest, run_name
     from peftstd.training.batching import train_loader
     from peftstd.training.distributed import check_world_size
+    from peftstd.training.dropout import use_packed_dropout
     from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps
     from peftstd.training.precision import accelerate_name, resolve_precision
     from peftstd.training.threads import set_cpu_threads
@@ -89,6 +90,7 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
 
     # --- Model: continued from `model`, or random weights of a preset / config file ---------------
     model, started_from = build_model(cfg, base.path, tokenizer)
+    packed_dropouts = use_packed_dropout(model) if cfg.training.cpu_dropout == "packed" and accelerator.device.type == "cpu" else 0
 
     # --- Features: masked-LM sentences (masks drawn per batch) or causal-LM packed blocks ----------
     if cfg.objective == "masked-lm":
@@ -192,7 +194,8 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
             "parameters": parameters,
             "training": {"precision": precision, "precision_reason": precision_reason, "world_size": accelerator.num_processes,
                          "learning_rate": learning_rate, "optimizer_steps": step, "train_seconds": train_seconds,
-                         "train_sequences_per_second": seen / train_seconds, "cpu_threads": threads},
+                         "train_sequences_per_second": seen / train_seconds, "cpu_threads": threads,
+                         "dropout_masks": {"setting": cfg.training.cpu_dropout, "packed_modules": packed_dropouts}},
             "wall_time_s": time.time() - started,
             "peak_memory": provenance.peak_memory_mb(),
         }

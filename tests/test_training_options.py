@@ -72,3 +72,33 @@ def test_flop_count_of_a_tiny_model_matches_a_hand_count(tiny_model):
     # full fine-tuning: weight and activation gradients (about 3x the forward); LoRA: the frozen base still passes
     # gradients back through its activations (about 2x), but computes none for its weights
     assert 2.9 * forward < full < 3.3 * forward and 1.9 * forward < low_rank < 2.4 * forward
+
+
+def test_packed_dropout_keeps_torch_dropouts_semantics(tiny_model):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from peftstd.training.dropout import PackedDropout, keep_mask, use_packed_dropout
+
+    torch.manual_seed(0)
+    for p in (0.05, 0.1, 0.5):
+        assert abs(keep_mask(torch.Size([400_000]), p, torch.device("cpu")).float().mean().item() - (1 - p)) < 0.003
+    dropout = PackedDropout(0.25)
+    x = torch.randn(64, 50, requires_grad=True)
+    torch.manual_seed(1)
+    y = dropout(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.75) and 0.65 < kept.float().mean() < 0.85
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.75)  # gradient flows through kept elements only, scaled alike
+    torch.manual_seed(1)
+    assert torch.equal(dropout(x), y)  # the seeded torch generator decides the mask: runs repeat and resume exactly
+    assert torch.equal(dropout.eval()(x), x)
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, lora_dropout=0.1, target_modules=["query", "value"]))
+    plain = sum(type(m) is torch.nn.Dropout and m.p > 0 for m in model.modules())
+    assert use_packed_dropout(model) == plain > 4  # the model's own dropouts and LoRA's (2 layers x query, value)
+    assert not any(type(m) is torch.nn.Dropout and m.p > 0 for m in model.modules())
+    assert isinstance(model.base_model.model.bert.encoder.layer[0].attention.self.query.lora_dropout["default"], PackedDropout)
