@@ -41,7 +41,7 @@ def main() -> None:
 
     from peftstd.config import load_config
     from peftstd.data import load_splits
-    from peftstd.methods import get_method
+    from peftstd.methods import Wrapping, get_method
     from peftstd.models import resolve_model
     from peftstd.run.manifest import hardware
     from peftstd.tasks import get_task
@@ -63,10 +63,12 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     encoded = task.encode(tokenizer, splits.train, labels, cfg.model.max_length)
     torch.manual_seed(0)
-    model = get_method(cfg.method).apply(task.load_model(base.path, labels), cfg, task, 1000)
+    method = get_method(cfg.method)
+    model = method.load_base(task, base.path, labels, cfg.model.quantization)
+    model = method.apply(model, cfg.method_section(), Wrapping(task.peft_task_type, task.head_modules(model), 1000))
     if cfg.training.cpu_dropout == "packed":
         use_packed_dropout(model)
-    optimizer = build_optimizer(model, cfg.learning_rate(), cfg.training.weight_decay)
+    optimizer = build_optimizer(model, cfg.learning_rate(), cfg.training.weight_decay, cfg.training.optimizer)
     loader, generator = train_loader(encoded, task.collator(tokenizer), cfg.training.batch_size, cfg.training.group_by_length)
     generator.manual_seed(0)
     batches = iter(loader)

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from peftstd.config import RecipeConfig, load_config
 from peftstd.data.sources import make_paths_absolute
-from peftstd.errors import ConfigError, exit_on_user_error
+from peftstd.errors import exit_on_user_error
+from peftstd.run.rundir import resume_arguments
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "minilm_lora_sentiment.yaml"
 
@@ -32,12 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an unfinished run from its last complete checkpoint")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.epochs=2 lora.rank=8")
     args = parser.parse_args(argv)
-    if args.resume:  # the run's own resolved config, pointed back at the run directory
-        run = Path(args.resume)
-        if not (run / "config.yaml").is_file():
-            raise ConfigError(f"--resume: {str(run)!r} is not a run directory (no config.yaml)")
-        args.config = str(run / "config.yaml")
-        args.overrides = [*args.overrides, f"output.dir={run.parent}", f"output.name={run.name}"]
+    if args.resume:
+        args.config, args.overrides = resume_arguments(args.resume, args.overrides)
     return args
 
 
@@ -60,10 +57,11 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.basics import atomic
     from peftstd.config import to_yaml
     from peftstd.data import load_splits
-    from peftstd.methods import get_method
+    from peftstd.methods import Wrapping, get_method
     from peftstd.models import resolve_model
     from peftstd.models.gguf import conversion_record
     from peftstd.models.parameters import parameter_counts
+    from peftstd.models.quantization import weight_bytes
     from peftstd.models.registry import check_max_length, weights_sha256
     from peftstd.regularization.augment import augment_examples
     from peftstd.regularization.dropout import dropout_overrides
@@ -81,7 +79,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.training.dropout import use_packed_dropout
     from peftstd.training.evaluate import evaluate
     from peftstd.training.flops import matmul_peak, training_flops_per_token, utilization
-    from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps
+    from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps, state_bytes
     from peftstd.training.precision import accelerate_name, resolve_precision
     from peftstd.training.selection import Selection
     from peftstd.training.threads import set_cpu_threads
@@ -111,6 +109,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     method = get_method(cfg.method)
     task.check_model(model_config)
     method.check_architecture(model_config.model_type)
+    method.check_quantization(cfg.model.quantization)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     regularization = cfg.regularization
     augmented = augment_examples(splits.train, regularization.augmentation.copies, regularization.augmentation.rate,
@@ -120,7 +119,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
         len(train_rows), cfg.training.batch_size, accelerator.num_processes,
         cfg.training.gradient_accumulation_steps, cfg.training.epochs, cfg.training.max_steps,
     )
-    method.check_plan(cfg, total_steps)
+    method.check_plan(cfg.method_section(), total_steps)
     name = broadcast_object_list([run_name(cfg.output.name, config_path)])[0]
     run_dir = Path(cfg.output.dir) / name
     # Rank 0 decides (and everyone follows): a rank that looked later would see rank 0's fresh folder.
@@ -135,13 +134,17 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
 
     # --- Model, task head and fine-tuning method ----------------------------------------------------
     dropout = dropout_overrides(model_config, regularization.dropout)
-    model = method.apply(task.load_model(base.path, labels, **dropout), cfg, task, total_steps)
+    model = method.load_base(task, base.path, labels, cfg.model.quantization, **dropout)
+    base_weight_bytes = weight_bytes(model)
+    if cfg.training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = method.apply(model, cfg.method_section(), Wrapping(task.peft_task_type, task.head_modules(model), total_steps))
     packed_dropouts = use_packed_dropout(model) if cfg.training.cpu_dropout == "packed" and accelerator.device.type == "cpu" else 0
     parameters = parameter_counts(model)
 
     # --- Optimizer, schedule, loaders ------------------------------------------------------------------
     learning_rate = cfg.learning_rate()
-    optimizer = build_optimizer(model, learning_rate, cfg.training.weight_decay)
+    optimizer = build_optimizer(model, learning_rate, cfg.training.weight_decay, cfg.training.optimizer)
     # Not passed to accelerator.prepare: its scheduler wrapper steps once per process, while
     # total_steps above already counts optimizer steps of the whole multi-process run.
     scheduler = build_scheduler(optimizer, cfg.training.scheduler, total_steps, cfg.training.warmup_ratio)
@@ -298,9 +301,10 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             "run_name": name,
             "seed": cfg.training.seed,
             "base_model": {"name": base.name, "source": base.source, "path": str(base.path), "weights_sha256": weights_sha256(base.path),
-                           "conversion": conversion_record(base.path),
+                           "conversion": conversion_record(base.path), "weight_bytes": base_weight_bytes,
+                           "quantization": cfg.model.quantization.model_dump() if cfg.model.quantization else None,
                            "pretraining_run": base.source.removeprefix("pretraining-run:") if base.source.startswith("pretraining-run:") else None},
-            "method": {"name": method.name, "weights_dir": method.weights_dir, **method.run_summary(unwrapped)},
+            "method": {"name": method.name, "library": method.library, "weights_dir": method.weights_dir, **method.run_summary(unwrapped)},
             "task": {"type": task.name, "labels": labels, "settings": cfg.task.model_dump()},
             "data": {
                 "sources": splits.sources,
@@ -320,6 +324,8 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                 "train_seconds": train_seconds, "train_samples_per_second": state.seen / train_seconds,
                 "resumed": bool(resume_from), "cpu_threads": threads,
                 "dropout_masks": {"setting": cfg.training.cpu_dropout, "packed_modules": packed_dropouts},
+                "optimizer": {"name": cfg.training.optimizer, "state_bytes": state_bytes(optimizer)},
+                "gradient_checkpointing": cfg.training.gradient_checkpointing,
                 "flops": utilization(flops_per_token, state.tokens, train_seconds, peak),
             },
             "sweep": sweep_trial.record() if sweep_trial else None,

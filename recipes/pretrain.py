@@ -24,6 +24,7 @@ from peftstd.config import load_config
 from peftstd.config.pretrain import PretrainConfig
 from peftstd.data.sources import make_paths_absolute
 from peftstd.errors import exit_on_user_error
+from peftstd.run.rundir import resume_arguments
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "minilm_mlm_vader.yaml"
 
@@ -31,8 +32,12 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "minilm_mlm_vader
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="pretraining YAML (default: %(default)s)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an unfinished run from its last complete checkpoint")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.epochs=2 masking.probability=0.2")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.resume:
+        args.config, args.overrides = resume_arguments(args.resume, args.overrides)
+    return args
 
 
 @exit_on_user_error
@@ -40,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides, schema=PretrainConfig)  # fails fast, before torch is imported
     make_paths_absolute(cfg.data)
-    return pretrain(cfg, args.config)
+    return pretrain(cfg, args.config, resume_requested=bool(args.resume))
 
 
-def pretrain(cfg: PretrainConfig, config_path: str) -> int:
+def pretrain(cfg: PretrainConfig, config_path: str, resume_requested: bool = False) -> int:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
@@ -53,6 +58,7 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
     from peftstd.basics import atomic
     from peftstd.config import to_yaml
     from peftstd.data import load_splits
+    from peftstd.methods import get_method
     from peftstd.models import resolve_model
     from peftstd.models.parameters import parameter_counts
     from peftstd.models.registry import weights_sha256
@@ -61,12 +67,13 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
     from peftstd.pretraining.model import build_model, merge_for_saving
     from peftstd.run import manifest as provenance
     from peftstd.run.card import render_pretraining_card
+    from peftstd.run.checkpoints import Checkpoints, TrainerState, checkpoint_due_by_time
     from peftstd.run.report import plot_curves
-    from peftstd.run.rundir import check_run_path, point_latest, run_name
+    from peftstd.run.rundir import decide_run_start, point_latest, run_name
     from peftstd.training.batching import train_loader
-    from peftstd.training.distributed import check_world_size
+    from peftstd.training.distributed import check_world_size, on_main_then_broadcast
     from peftstd.training.dropout import use_packed_dropout
-    from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps
+    from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps, state_bytes
     from peftstd.training.precision import accelerate_name, resolve_precision
     from peftstd.training.threads import set_cpu_threads
 
@@ -85,12 +92,8 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
     splits = load_splits(cfg.data, "corpus")
     name = broadcast_object_list([run_name(cfg.output.name, config_path)])[0]
     run_dir = Path(cfg.output.dir) / name
-    if is_main:
-        check_run_path(run_dir, cfg.output.overwrite)  # pretraining runs are short: no checkpoints, no resume
-
-    # --- Model: continued from `model`, or random weights of a preset / config file ---------------
-    model, started_from = build_model(cfg, base.path, tokenizer)
-    packed_dropouts = use_packed_dropout(model) if cfg.training.cpu_dropout == "packed" and accelerator.device.type == "cpu" else 0
+    # Rank 0 decides (and everyone follows): the same command again resumes an unfinished run with this config
+    resuming = on_main_then_broadcast(accelerator, lambda: decide_run_start(run_dir, to_yaml(cfg), cfg.output.overwrite, resume_requested))
 
     # --- Features: masked-LM sentences (masks drawn per batch) or causal-LM packed blocks ----------
     if cfg.objective == "masked-lm":
@@ -105,8 +108,14 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
         cfg.training.gradient_accumulation_steps, cfg.training.epochs, cfg.training.max_steps,
     )
 
+    # --- Model: continued from `model`, or random weights of a preset / config file ---------------
+    model, started_from = build_model(cfg, base.path, tokenizer, total_steps)
+    if cfg.training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    packed_dropouts = use_packed_dropout(model) if cfg.training.cpu_dropout == "packed" and accelerator.device.type == "cpu" else 0
+
     learning_rate = cfg.learning_rate()
-    optimizer = build_optimizer(model, learning_rate, cfg.training.weight_decay)
+    optimizer = build_optimizer(model, learning_rate, cfg.training.weight_decay, cfg.training.optimizer)
     scheduler = build_scheduler(optimizer, cfg.training.scheduler, total_steps, cfg.training.warmup_ratio)
     train_dl, epoch_generator = train_loader(train, collator, cfg.training.batch_size, cfg.training.group_by_length)
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
@@ -115,25 +124,35 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
 
     # --- The starting point, scored on the same validation masks as every later evaluation ---------
     start_metrics = evaluate_lm(model, validation_batches, accelerator, causal=cfg.objective == "causal-lm")
-    history = {"train": [], "validation": [{"step": 0, **start_metrics}]}
-    best = {"step": 0, **start_metrics}
-    best_state = None
+    method = get_method(cfg.method)
+    checkpoints = Checkpoints(run_dir / "checkpoints", cfg.output.keep_last_checkpoints, accelerator)
+    state, best_state = TrainerState(history={"train": [], "validation": [{"step": 0, **start_metrics}]}, selection={"step": 0, **start_metrics}), None
+    if resume_from := on_main_then_broadcast(accelerator, lambda: checkpoints.latest_valid() if resuming else None):
+        state, best_state = checkpoints.load(resume_from, unwrapped, optimizer, scheduler, method)
+        accelerator.step = state.accumulation_counter
     if is_main:
-        if run_dir.exists():  # check_run_path allowed it: output.overwrite
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        atomic.write_text(run_dir / "config.yaml", to_yaml(cfg))
+        if not resuming:
+            if run_dir.exists():  # decide_run_start allowed it: output.overwrite
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
+            atomic.write_text(run_dir / "config.yaml", to_yaml(cfg))
         print(f"{cfg.objective} from {started_from}: {len(train):,} training {'sequences' if cfg.objective == 'masked-lm' else 'blocks'}, "
               f"{total_steps} steps, {precision}; start: validation perplexity {start_metrics['perplexity']:.2f}", file=sys.stderr)
+        if resume_from:
+            print(f"resuming from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batches_in_epoch})", file=sys.stderr)
 
     # --- Training loop ---------------------------------------------------------------------------------
     eval_every = cfg.evaluation.every_steps or steps_per_epoch
-    progress = tqdm(total=total_steps, desc="pretrain", disable=not is_main, dynamic_ncols=True)
-    step, epoch, running, seen, train_started = 0, 0, [], 0, time.time()
+    checkpoint_every = cfg.output.checkpoint_every_steps or eval_every
+    last_checkpoint_time = time.time()
+    progress = tqdm(total=total_steps, initial=state.step, desc="pretrain", disable=not is_main, dynamic_ncols=True)
+    session_started, session_start_seconds = time.time(), state.train_seconds
+    history, best = state.history, state.selection  # the best validation so far (step 0: the starting model)
     model.train()
-    while step < total_steps:
-        epoch_generator.manual_seed(cfg.training.seed + epoch)
-        for batch in train_dl:
+    while state.step < total_steps:
+        epoch_generator.manual_seed(cfg.training.seed + state.epoch)
+        batches = accelerator.skip_first_batches(train_dl, state.batches_in_epoch) if state.batches_in_epoch else train_dl
+        for batch in batches:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -143,34 +162,43 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
                 if accelerator.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad()
-            running.append(loss.detach().float().item())
-            seen += len(batch["input_ids"]) * accelerator.num_processes
+            state.batches_in_epoch += 1
+            state.running_loss += loss.detach().float().item()
+            state.running_batches += 1
+            state.seen += len(batch["input_ids"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
-            step += 1
+            state.step += 1
+            step = state.step
+            state.train_seconds = session_start_seconds + time.time() - session_started
             progress.update(1)
             if step % cfg.training.log_every_steps == 0 or step == total_steps:
-                history["train"].append({"step": step, "loss": sum(running) / len(running), "learning_rate": scheduler.get_last_lr()[0]})
+                history["train"].append({"step": step, "loss": state.running_loss / state.running_batches, "learning_rate": scheduler.get_last_lr()[0]})
                 progress.set_postfix(loss=f"{history['train'][-1]['loss']:.3f}")
-                running = []
+                state.running_loss, state.running_batches = 0.0, 0
             if step % eval_every == 0 or step == total_steps:
                 metrics = evaluate_lm(model, validation_batches, accelerator, causal=cfg.objective == "causal-lm")
                 history["validation"].append({"step": step, **metrics})
                 if metrics["loss"] < best["loss"]:
-                    best = {"step": step, **metrics}
-                    best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
+                    best = state.selection = {"step": step, **metrics}
+                    best_state = method.snapshot(unwrapped)
                 if is_main:
                     progress.write(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            minutes_due = checkpoint_due_by_time(cfg.output.checkpoint_every_minutes, last_checkpoint_time, accelerator)
+            if (step % checkpoint_every == 0 or minutes_due) and step < total_steps:
+                state.accumulation_counter = accelerator.step
+                checkpoints.save(state, unwrapped, optimizer, scheduler, method, best_state)
+                last_checkpoint_time = time.time()
             if step >= total_steps:
                 break
         else:
-            epoch += 1
+            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
     progress.close()
-    train_seconds = time.time() - train_started
+    step, seen, train_seconds = state.step, state.seen, state.train_seconds
 
     # --- Run directory: the best weights as a plain transformers folder, metrics, manifest ----------
     if best_state is not None:
-        unwrapped.load_state_dict(best_state)
+        method.restore(unwrapped, best_state)
     if is_main:
         final = merge_for_saving(unwrapped, cfg)
         atomic.replace_dir(run_dir / "model", lambda d: (final.save_pretrained(d, safe_serialization=True), tokenizer.save_pretrained(d)))
@@ -193,9 +221,11 @@ def pretrain(cfg: PretrainConfig, config_path: str) -> int:
                      "sha256": {k: v for k, v in splits.sha256().items() if k != "test"}, "sequences": {"train": len(train), "validation": len(validation)}},
             "parameters": parameters,
             "training": {"precision": precision, "precision_reason": precision_reason, "world_size": accelerator.num_processes,
-                         "learning_rate": learning_rate, "optimizer_steps": step, "train_seconds": train_seconds,
+                         "learning_rate": learning_rate, "optimizer_steps": step, "train_seconds": train_seconds, "resumed": bool(resume_from),
                          "train_sequences_per_second": seen / train_seconds, "cpu_threads": threads,
-                         "dropout_masks": {"setting": cfg.training.cpu_dropout, "packed_modules": packed_dropouts}},
+                         "dropout_masks": {"setting": cfg.training.cpu_dropout, "packed_modules": packed_dropouts},
+                         "optimizer": {"name": cfg.training.optimizer, "state_bytes": state_bytes(optimizer)},
+                         "gradient_checkpointing": cfg.training.gradient_checkpointing},
             "wall_time_s": time.time() - started,
             "peak_memory": provenance.peak_memory_mb(),
         }

@@ -82,4 +82,4 @@ def test_pretraining_configs_refuse_fine_tune_data_keys():
 def test_docs_defaults_table_is_generated_from_the_schema():
     generated = peftstd("defaults").stdout
     assert (REPO / "docs" / "defaults.md").read_text() == generated, "run: peftstd defaults > docs/defaults.md"
-    assert "| `lora` | 0.0005 |" in generated and "| `full` | 5e-05 |" in generated
+    assert "| peft | 0.0005 | yes |" in generated and "| `full` | full fine-tuning: every weight trains | transformers | 5e-05 | no |" in generated

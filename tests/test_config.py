@@ -47,7 +47,7 @@ def test_out_of_range_value_is_rejected():
 
 def test_choice_fields_list_the_allowed_values():
     message = error_of(["method=prefix"])
-    assert "'full', 'lora', 'adalora' or 'adapter'" in message
+    assert "'adalora', 'adapter', 'full' or 'lora'" in message
 
 
 @pytest.mark.parametrize(

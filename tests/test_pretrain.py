@@ -167,3 +167,34 @@ def test_next_sentence_needs_a_model_with_that_head(tiny_model, tmp_path):
     result = run_pretrain(*pretrain_overrides(tiny_model, corpus, tmp_path, "nsp", "from_scratch=gpt2-tiny", "masking.next_sentence=true"))
     assert result.returncode != 0 and "Traceback" not in result.stderr and not (tmp_path / "nsp").exists()
     assert "needs a model with a next-sentence-prediction head" in result.stderr
+
+
+def test_sigkilled_pretraining_resumes_to_the_metrics_and_weights_of_an_uninterrupted_run(tiny_model, tmp_path):
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": r["text"]} for r in synthetic_rows(300, seed=3)])
+    long = ["training.max_steps=40", "evaluation.every_steps=5", "output.checkpoint_every_steps=3", "training.log_every_steps=2"]
+    reference = run_pretrain(*pretrain_overrides(tiny_model, corpus, tmp_path, "reference", *long))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    args = pretrain_overrides(tiny_model, corpus, tmp_path, "killed", *long)
+    process = subprocess.Popen([sys.executable, str(PRETRAIN), *args], env=RECIPE_ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 120
+    while len(list(checkpoints.glob("step-*/checksums.json"))) < 2 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "manifest.json").exists(), "the run finished before it could be killed"
+
+    resumed = run_pretrain(*args)  # the same command again
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    assert json.loads((tmp_path / "killed" / "manifest.json").read_text())["training"]["resumed"] is True
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("reference", "killed")]
+    assert metrics[0] == metrics[1]
+    weights = [load_file(tmp_path / name / "model" / "model.safetensors") for name in ("reference", "killed")]
+    assert weights[0].keys() == weights[1].keys() and all((weights[0][k] == weights[1][k]).all() for k in weights[0])

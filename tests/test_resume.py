@@ -30,11 +30,13 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
-def test_sigkilled_run_resumes_from_last_good_checkpoint_to_identical_metrics(tiny_model, sentiment_file, tmp_path):
-    reference = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "reference", *LONG))
+@pytest.mark.parametrize("extra", [[], ["training.optimizer=adamw_8bit", "lora.rank=128"]], ids=["adamw", "adamw_8bit"])
+def test_sigkilled_run_resumes_from_last_good_checkpoint_to_identical_metrics(tiny_model, sentiment_file, tmp_path, extra):
+    """adamw_8bit at rank 128: LoRA matrices of 4096+ values, so bitsandbytes keeps their optimizer state in 8 bits."""
+    reference = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "reference", *LONG, *extra))
     assert reference.returncode == 0, reference.stderr[-2000:]
 
-    args = tiny_overrides(tiny_model, sentiment_file, tmp_path, "killed", *LONG)
+    args = tiny_overrides(tiny_model, sentiment_file, tmp_path, "killed", *LONG, *extra)
     process = subprocess.Popen(recipe_command(args), env=RECIPE_ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 120

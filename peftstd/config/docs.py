@@ -24,8 +24,12 @@ def field_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str,
     rows = []
     for name, field in model.model_fields.items():
         dotted = f"{prefix}{name}"
+        optional = [a for a in typing.get_args(field.annotation) if is_section(a)]  # e.g. `QuantizationSection | None`
         if is_section(field.annotation):
             rows.extend(field_rows(field.annotation, dotted + "."))
+        elif optional:
+            rows.append((dotted, type_name(field.annotation).replace("peftstd.models.quantization.", ""), "null", field.description or ""))
+            rows.extend((key, kind, default, f"(when {dotted} is set) {text}") for key, kind, default, text in field_rows(optional[0], dotted + "."))
         else:
             default = field.get_default(call_default_factory=True)
             rows.append((dotted, type_name(field.annotation), json.dumps(default), field.description or ""))
@@ -39,16 +43,16 @@ def defaults_markdown(more: tuple[tuple[str, type[BaseModel]], ...] = ()) -> str
         "Generated from `peftstd/config/schema.py` by `peftstd defaults`; do not edit by hand.",
         "Every key below may be set in a recipe YAML or overridden on the command line as `key=value`.",
         "",
-        "## Recommended learning rate per method",
+        "## Methods",
         "",
-        "Used when `training.learning_rate` is omitted.",
+        "Registered in `peftstd/methods/` (one module each); the learning rate is used when `training.learning_rate` is omitted.",
         "",
-        "| method | learning rate |",
-        "|---|---|",
+        "| method | what it is | library | learning rate | quantized base |",
+        "|---|---|---|---|---|",
     ]
-    for name in METHODS:
-        section = RecipeConfig.model_fields[name].annotation
-        lines.append(f"| `{name}` | {section.recommended_learning_rate:g} |")
+    for name, method in METHODS.items():
+        lines.append(f"| `{name}` | {method.summary} | {method.library} | {method.recommended_learning_rate:g} | "
+                     f"{'yes' if method.quantized_base else 'no'} |")
     lines += ["", "## Every key, its type and its default", ""]
     lines += key_table(RecipeConfig)
     from peftstd.config.pretrain import PretrainConfig

@@ -13,7 +13,9 @@ from pydantic import Field, model_validator
 
 from peftstd.basics.section import Section
 from peftstd.config.schema import SCHEMA_VERSION, DataSection, ModelSection, OutputSection, TrainingSection
-from peftstd.methods.lora import LoraSection
+from peftstd.methods import METHODS
+
+FullSection, LoraSection = METHODS["full"].section, METHODS["lora"].section
 
 # Small architectures for pretraining from scratch, by name (any model config.json file works too).
 PRESETS: dict[str, dict] = {
@@ -51,7 +53,9 @@ class PretrainConfig(Section):
     data: DataSection = Field(default_factory=DataSection, description="Corpus: only the text column and the train/validation split are used; the test split is never read.")
     masking: MaskingSection = Field(default_factory=MaskingSection, description="Masked-LM settings.")
     block_size: int = Field(128, ge=8, description="Causal-LM: the corpus is tokenized, concatenated and cut into blocks of this many tokens.")
-    method: Literal["full", "lora"] = Field("full", description="Train every weight, or LoRA (merged into the weights when saved).")
+    method: Literal["full", "lora"] = Field("full", description="Train every weight, or LoRA (merged into the weights when saved); "
+                                           "the fine-tuning methods of the same names.")
+    full: FullSection = Field(default_factory=FullSection, description="Full-training settings (used when method is full).")
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (used when method is lora).")
     head_only: bool = Field(
         False, description="Train only the LM head (the body frozen): the baseline that shows how much of a perplexity drop is the body's, "
@@ -78,5 +82,14 @@ class PretrainConfig(Section):
             raise ValueError("head_only trains the head in full; set method=full")
         return self
 
+    @model_validator(mode="after")
+    def _float_weights(self) -> PretrainConfig:
+        if self.model.quantization is not None:
+            raise ValueError("model.quantization is for fine-tuning adapters on a frozen base; pretraining trains float weights")
+        return self
+
+    def method_section(self) -> Section:
+        return getattr(self, self.method)
+
     def learning_rate(self) -> float:
-        return self.training.learning_rate or (5e-4 if self.method == "lora" else 5e-5)
+        return self.training.learning_rate or METHODS[self.method].recommended_learning_rate

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
-
-SCHEMA_VERSION = "1.0"
+from pydantic import Field, create_model, field_validator, model_validator
 
 from peftstd.basics.section import Section
-from peftstd.methods.adalora import AdaLoraSection
-from peftstd.methods.adapter import AdapterSection
-from peftstd.methods.full import FullSection
-from peftstd.methods.lora import LoraSection
+from peftstd.methods import METHODS
+from peftstd.models.quantization import QuantizationSection
 from peftstd.regularization import RegularizationSection
 from peftstd.tasks import PRIMARY_METRIC, TASK_METRICS
 
-MethodName = Literal["full", "lora", "adalora", "adapter"]
+SCHEMA_VERSION = "1.0"
+MethodName = Literal[tuple(METHODS)]  # the registered methods (peftstd/methods/)
 TaskName = Literal["text-classification", "token-classification", "causal-lm", "seq2seq", "question-answering"]
 
 
@@ -29,6 +26,9 @@ class ModelSection(Section):
     name: str = Field("minilm", description="Registry name (e.g. 'minilm'), hub id, or local folder of a pretrained model.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `name` is a hub id.")
     max_length: int = Field(128, ge=8, le=8192, description="Inputs are truncated to this many tokens (truncation is recorded in the manifest).")
+    quantization: QuantizationSection | None = Field(
+        None, description="Load the frozen base in 4 bits (QLoRA) or 8 bits through bitsandbytes, e.g. {bits: 4, type: nf4, double_quant: true, "
+        "compute_dtype: bf16}; null: float weights. Methods lora and adalora.")
 
 
 class SplitFractions(Section):
@@ -112,6 +112,9 @@ class TrainingSection(Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables clipping.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto' picks bf16 autocast where the CPU/GPU supports it, else fp32; the choice is recorded.")
     group_by_length: bool = Field(True, description="Batch examples of similar length together to cut padding.")
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "adamw", description="torch's AdamW, or bitsandbytes' 8-bit AdamW (optimizer state in 8 bits; paged: state pages to CPU memory under GPU memory pressure).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass instead of keeping them (less memory, about a third more compute).")
     cpu_threads: int | None = Field(None, ge=1, description="Intra-op CPU threads per process; null: the machine's physical cores "
                                     "shared among its processes, whatever the launcher set (OMP_NUM_THREADS). A rerun must use "
                                     "the same count to repeat a CPU run bit for bit; the manifest records it.")
@@ -143,18 +146,24 @@ class OutputSection(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard event files under `tensorboard/`.")
 
 
-class RecipeConfig(Section):
-    """A complete fine-tuning recipe."""
-
+class _Inputs(Section):
     schema_version: str = Field(SCHEMA_VERSION, description="Version of the peftstd recipe schema this config follows.")
     model: ModelSection = Field(default_factory=ModelSection, description="Pretrained model to start from.")
     data: DataSection = Field(default_factory=DataSection, description="Where the examples come from and how they are split.")
     task: TaskSection = Field(default_factory=TaskSection, description="Task, head and labels.")
-    method: MethodName = Field("lora", description="Fine-tuning method: full, lora, adalora or adapter.")
-    full: FullSection = Field(default_factory=FullSection, description="Full fine-tuning settings (used when method is full).")
-    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (used when method is lora).")
-    adalora: AdaLoraSection = Field(default_factory=AdaLoraSection, description="AdaLoRA settings (used when method is adalora).")
-    adapter: AdapterSection = Field(default_factory=AdapterSection, description="Bottleneck-adapter settings (used when method is adapter).")
+
+
+# `method:` and one section per registered method, in the schema right after the inputs
+_WithMethods = create_model(
+    "_WithMethods", __base__=_Inputs,
+    method=(MethodName, Field("lora", description="Fine-tuning method: " + "; ".join(f"{n}: {c.summary}" for n, c in METHODS.items()) + ".")),
+    **{name: (cls.section, Field(default_factory=cls.section, description=f"Settings of method {name} (used when method is {name}).")) for name, cls in METHODS.items()},
+)
+
+
+class RecipeConfig(_WithMethods):
+    """A complete fine-tuning recipe."""
+
     training: TrainingSection = Field(default_factory=TrainingSection, description="Optimisation settings.")
     generation: GenerationSection = Field(default_factory=GenerationSection, description="Decoding settings of generation metrics (causal-LM, seq2seq).")
     regularization: RegularizationSection = Field(
@@ -190,10 +199,17 @@ class RecipeConfig(Section):
             raise ValueError("regularization.augmentation applies to text-classification only (word edits would misalign tags)")
         return self
 
+    @model_validator(mode="after")
+    def _quantization_fits_method(self) -> RecipeConfig:
+        if self.model.quantization is not None and not METHODS[self.method].quantized_base:
+            allowed = ", ".join(n for n, c in METHODS.items() if c.quantized_base)
+            raise ValueError(f"model.quantization needs a method that trains on a frozen quantized base ({allowed}), not {self.method!r}")
+        return self
+
     def method_section(self) -> Section:
         """The settings section of the chosen method."""
         return getattr(self, self.method)
 
     def learning_rate(self) -> float:
         """The configured learning rate, or the chosen method's recommended one."""
-        return self.training.learning_rate or type(self.method_section()).recommended_learning_rate
+        return self.training.learning_rate or METHODS[self.method].recommended_learning_rate

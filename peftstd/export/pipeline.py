@@ -113,8 +113,8 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
         cfg, splits = run_splits(run_dir, loaded.manifest)
         task = get_task(loaded.manifest["task"]["type"], loaded.labels, loaded.manifest["task"].get("settings"))
         max_length = cfg.model.max_length
-        # Dequantization applies to runs trained on a 4/8-bit base; the fine-tune recipe trains float bases only.
-        report["stages"]["load"] = {"base_quantized": False, "method": loaded.manifest["method"]["name"]}
+        quantization = loaded.manifest["base_model"].get("quantization")  # a QLoRA run: dequantized before merging
+        report["stages"]["load"] = {"base_quantized": bool(quantization), "quantization": quantization, "method": loaded.manifest["method"]["name"]}
         report["task_settings"] = loaded.manifest["task"].get("settings")
     if task.generative:
         from peftstd.export.generative import export_generative, folder_ops
@@ -138,7 +138,8 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
         return torch_logits(model, loaded.tokenizer, data, profile.batch_size, max_length)
 
     with stages.stage("merge"):
-        exported, how = merge(loaded.model)
+        # the gate's reference stays the run's own (quantized) model: trained_test_logits below
+        exported, how = merge(loaded.model, task.load_model(loaded.manifest["base_model"]["path"], loaded.labels) if quantization else None)
         trained_test_logits = logits_of(loaded.model, test)
         merged_test_logits = logits_of(exported, test) if exported is not loaded.model else trained_test_logits
         report["stages"]["merge"] = {"how": how, "max_abs_logit_difference": max_abs_difference(trained_test_logits, merged_test_logits)}

@@ -4,17 +4,17 @@ over a schedule derived from the real number of steps, and the final rank patter
 from __future__ import annotations
 
 import copy
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from peftstd.basics.section import Section
 from peftstd.errors import ConfigError
+from peftstd.methods.base import register
 from peftstd.methods.lora import PeftMethod
 
 
 class AdaLoraSection(Section):
-    recommended_learning_rate: ClassVar[float] = 2e-3
     init_rank: int = Field(12, ge=1, le=1024, description="Initial rank of every AdaLoRA matrix before budget reallocation.")
     target_rank: int = Field(8, ge=1, le=1024, description="Average rank kept after reallocation.")
     alpha: float = Field(32.0, gt=0, description="Scaling numerator, as for LoRA.")
@@ -38,11 +38,14 @@ class AdaLoraSection(Section):
         return int(total_steps * self.warmup_fraction), int(total_steps * self.final_fraction)
 
 
+@register
 class AdaLora(PeftMethod):
     name = "adalora"
+    section = AdaLoraSection
+    recommended_learning_rate = 2e-3
+    summary = "AdaLoRA: LoRA whose rank budget moves to the layers that need it (peft)"
 
-    def check_plan(self, cfg, total_steps):
-        section = cfg.adalora
+    def check_plan(self, section, total_steps):
         tinit, tfinal = section.schedule(total_steps)
         budget_steps = total_steps - tinit - tfinal
         if budget_steps < section.reallocation_interval:
@@ -52,26 +55,25 @@ class AdaLora(PeftMethod):
                 "train longer (training.epochs / training.max_steps) or lower adalora.reallocation_interval"
             )
 
-    def apply(self, model, cfg, task, total_steps):
+    def apply(self, model, section, wrapping):
         from peft import AdaLoraConfig
 
-        section = cfg.adalora
-        tinit, tfinal = section.schedule(total_steps)
+        tinit, tfinal = section.schedule(wrapping.total_steps)
         return self.wrap(
             model,
             AdaLoraConfig(
-                task_type=task.peft_task_type,
+                task_type=wrapping.peft_task_type,
                 init_r=section.init_rank,
                 target_r=section.target_rank,
                 lora_alpha=section.alpha,
                 lora_dropout=section.dropout,
                 target_modules=section.target_modules,
-                modules_to_save=task.head_modules(model),
+                modules_to_save=wrapping.head_modules,
                 tinit=tinit,
                 tfinal=tfinal,
                 deltaT=section.reallocation_interval,
                 orth_reg_weight=section.orth_reg_weight,
-                total_step=total_steps,
+                total_step=wrapping.total_steps,
             ),
         )
 

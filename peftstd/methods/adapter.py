@@ -7,20 +7,19 @@ merged into the base weights; export keeps them in the graph as real modules.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from peftstd.basics.section import Section
 from peftstd.errors import ConfigError
-from peftstd.methods.base import Method
+from peftstd.methods.base import Method, register
 
 ADAPTER_NAME = "peftstd"
 HEAD_FILE = "head.safetensors"
 
 
 class AdapterSection(Section):
-    recommended_learning_rate: ClassVar[float] = 5e-4
     placement: Literal["pfeiffer", "houlsby"] = Field(
         "pfeiffer", description="Bottleneck after the FFN only (Pfeiffer) or after both attention and FFN (Houlsby)."
     )
@@ -28,8 +27,13 @@ class AdapterSection(Section):
     non_linearity: Literal["relu", "gelu", "swish", "tanh"] = Field("relu", description="Activation inside the bottleneck.")
 
 
+@register
 class BottleneckAdapter(Method):
     name = "adapter"
+    section = AdapterSection
+    library = "adapters"
+    recommended_learning_rate = 5e-4
+    summary = "bottleneck adapters, Houlsby or Pfeiffer (AdapterHub adapters)"
 
     def check_architecture(self, model_type):
         import importlib
@@ -46,19 +50,18 @@ class BottleneckAdapter(Method):
                 f"method 'adapter' does not support {model_type!r} models (AdapterHub adapters); use lora or full instead"
             ) from None
 
-    def apply(self, model, cfg, task, total_steps):
+    def apply(self, model, section, wrapping):
         import adapters
 
-        section = cfg.adapter
         config_class = adapters.DoubleSeqBnConfig if section.placement == "houlsby" else adapters.SeqBnConfig
         adapters.init(model)
         model.add_adapter(
             ADAPTER_NAME, config=config_class(reduction_factor=section.reduction_factor, non_linearity=section.non_linearity)
         )
         model.train_adapter(ADAPTER_NAME)
-        for name in task.head_modules(model):
+        for name in wrapping.head_modules:
             model.get_submodule(name).requires_grad_(True)
-        self._head_modules = task.head_modules(model)
+        self._head_modules = wrapping.head_modules
         return model
 
     def save(self, model, out_dir):
@@ -72,7 +75,7 @@ class BottleneckAdapter(Method):
         }
         save_file(head, out_dir / HEAD_FILE)
 
-    def load(self, task, base_path, weights_dir, labels):
+    def load(self, task, base_path, weights_dir, labels, quantization=None):
         import adapters
         from safetensors.torch import load_file
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftstd.errors import ConfigError
+from peftstd.methods import Wrapping, get_method
 
 HEAD_NAMES = ("cls", "lm_head", "vocab_projector", "vocab_transform", "vocab_layer_norm")
 
 
-def build_model(cfg, base_path: Path, tokenizer):
-    """(model, a phrase saying where it started) for the configured objective."""
+def build_model(cfg, base_path: Path, tokenizer, total_steps: int):
+    """(model, a phrase saying where it started) for the configured objective, prepared by the configured method
+    (the same registered methods fine-tuning uses)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining
 
     from peftstd.config.pretrain import PRESETS
@@ -35,17 +37,13 @@ def build_model(cfg, base_path: Path, tokenizer):
         raise ConfigError(f"{cfg.model.name} cannot be trained as {cfg.objective}: {str(error).splitlines()[0]}") from None
     started = f"{cfg.model.name}"
     heads = [name for name in HEAD_NAMES if hasattr(model, name)]
-    if cfg.head_only:
+    model = get_method(cfg.method).apply(model, cfg.method_section(), Wrapping(None, heads, total_steps))
+    if cfg.head_only:  # method full (the schema checks): every weight trains unless frozen here
         if not heads:
             raise ConfigError(f"head_only: {type(model).__name__} has no separate LM head ({', '.join(HEAD_NAMES)})")
         for name, parameter in model.named_parameters():
             parameter.requires_grad = name.split(".")[0] in heads  # a head tied to the input embeddings stays frozen with them
         started += " (body frozen, head only)"
-    if cfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                                 target_modules=cfg.lora.target_modules, modules_to_save=heads))
     return model, started
 
 

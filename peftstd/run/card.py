@@ -8,9 +8,8 @@ from typing import Any
 import yaml
 
 from peftstd.data.registry import DATASETS
+from peftstd.methods import METHODS
 from peftstd.models.registry import MODELS
-
-LIBRARY = {"full": "transformers", "lora": "peft", "adalora": "peft", "adapter": "adapters"}
 
 
 def hub_id_and_license(model_name: str) -> tuple[str, str]:
@@ -28,7 +27,7 @@ def front_matter(name: str, cfg, manifest: dict[str, Any], metrics: dict[str, An
     shown, hub_task = task.card_metrics, task.hub_task or task.name
     return {
         "base_model": base,
-        "library_name": LIBRARY[cfg.method],
+        "library_name": METHODS[cfg.method].library,
         "license": license_name,
         "datasets": [dataset],
         "metrics": list(dict.fromkeys(kind for _, kind, _ in shown)),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftstd.basics.hashing import sha256_file
+from peftstd.methods import METHODS
 
 RUN_FILES = ("config.yaml", "manifest.json", "metrics.json", "labels.json", "report.md", "predictions/test.jsonl")
 
@@ -115,12 +116,22 @@ def load_stock(run: Path, manifest: dict) -> str:
     labels = json.loads((run / "labels.json").read_text())
     task = get_task(manifest["task"]["type"], labels)
     auto = getattr(transformers, task.auto_model)
-    method = manifest["method"]["name"]
-    if method == "full":
-        auto.from_pretrained(run / "model")
+    library = manifest["method"].get("library") or METHODS[manifest["method"]["name"]].library
+    if library not in ("peft", "adapters"):  # the method saved the whole model (full fine-tuning, and the like)
+        auto.from_pretrained(run / manifest["method"].get("weights_dir", "model"))
         return "transformers"
-    base = auto.from_pretrained(manifest["base_model"]["path"], **task.head_config(labels))
-    if method == "adapter":
+    quantization = manifest["base_model"].get("quantization")
+    if quantization:  # the base as it trained: transformers' own BitsAndBytesConfig, nothing of peftstd's
+        import torch
+
+        settings = ({"load_in_8bit": True} if quantization["bits"] == 8 else
+                    {"load_in_4bit": True, "bnb_4bit_quant_type": quantization["type"], "bnb_4bit_use_double_quant": quantization["double_quant"],
+                     "bnb_4bit_compute_dtype": {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[quantization["compute_dtype"]]})
+        base = auto.from_pretrained(manifest["base_model"]["path"], **task.head_config(labels), device_map="cpu",
+                                    quantization_config=transformers.BitsAndBytesConfig(**settings, llm_int8_skip_modules=list(task.head_candidates)))
+    else:
+        base = auto.from_pretrained(manifest["base_model"]["path"], **task.head_config(labels))
+    if library == "adapters":
         import adapters
 
         adapters.init(base)
@@ -129,7 +140,7 @@ def load_stock(run: Path, manifest: dict) -> str:
     from peft import PeftModel
 
     PeftModel.from_pretrained(base, run / "adapter")
-    return "peft"
+    return f"peft on a {quantization['bits']}-bit bitsandbytes base" if quantization else "peft"
 
 
 def attempt(check: str, action: Callable[[], str]) -> Finding:

@@ -28,6 +28,15 @@ def run_name(configured: str | None, config_path: str | None) -> str:
     return configured or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def resume_arguments(run_dir: str, overrides: list[str]) -> tuple[str, list[str]]:
+    """(config path, overrides) that continue the unfinished run in `run_dir`: its own resolved config, pointed
+    back at the run directory (`--resume RUN_DIR` of both recipes)."""
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"--resume: {str(run)!r} is not a run directory (no config.yaml)")
+    return str(run / "config.yaml"), [*overrides, f"output.dir={run.parent}", f"output.name={run.name}"]
+
+
 def check_run_path(path: Path, overwrite: bool) -> None:
     """Refuse to clobber an existing run unless `output.overwrite` is set."""
     if path.name == LATEST:

@@ -34,6 +34,13 @@ class MethodRecord(Record):
 
 class BaseModelRecord(Record):
     path: str
+    quantization: dict[str, Any] | None = None  # model.quantization of the run: the base trained in 4 or 8 bits
+
+    def quantization_section(self):
+        """The run's `model.quantization` settings, to load the base the way it was trained (None: float)."""
+        from peftstd.models.quantization import QuantizationSection
+
+        return QuantizationSection(**self.quantization) if self.quantization else None
 
 
 class DataRecord(Record):

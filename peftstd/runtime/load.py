@@ -45,6 +45,6 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     task = get_task(run.task, run.labels, run.manifest.task.settings)
     weights_dir = run.path / method.weights_dir
     with trained_head_follows():
-        model = method.load(task, Path(run.manifest.base_model.path), weights_dir, run.labels)
+        model = method.load(task, Path(run.manifest.base_model.path), weights_dir, run.labels, run.manifest.base_model.quantization_section())
     model.eval()
     return LoadedRun(model, AutoTokenizer.from_pretrained(weights_dir), run.labels, manifest)

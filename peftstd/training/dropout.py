@@ -2,28 +2,31 @@
 
 Profiled on the default recipe (bench/results/train_profile.md), drawing dropout masks (`aten::bernoulli_`, one
 Mersenne-Twister draw per element) took 39% of a LoRA step's CPU time, as much as every matmul: LoRA puts a dropout
-on the input of each adapted layer. Here one full-range 64-bit draw gives four 16-bit uniforms, so a mask costs a
-quarter of the draws (about 3x faster forward and backward here). Keep probability is then a multiple of 1/65536
-(p=0.05 becomes 3277/65536 = 0.050003). Masks come from the same seeded torch generator, so runs stay
-reproducible and resume exactly. No library ships this (torch's CPU dropout is the bernoulli kernel), hence by hand.
-On GPU torch's own Philox dropout is already cheap and is kept.
+on the input of each adapted layer. Here one 64-bit draw gives four 16-bit uniforms, and the draws come from numpy's
+SFC64 generator (about 2.5x torch's CPU generator per draw here) seeded by one draw from torch's, so runs stay
+reproducible under `training.seed` and resume exactly (checkpoints hold torch's RNG state). The keep probability is a
+multiple of 1/65536 (p=0.05 becomes 3277/65536 = 0.050003). The step-level effect is in
+bench/results/train_profile.md and train_throughput.md. No library ships this (torch's CPU dropout is the bernoulli kernel), hence
+by hand. On GPU torch's own Philox dropout is already cheap and is kept.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 RESOLUTION = 65536  # one 16-bit uniform per element
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """Boolean mask, True with probability 1 - p (rounded to 1/65536), four elements per 64-bit draw."""
+def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
+    """Boolean CPU mask, True with probability 1 - p (rounded to 1/65536), four elements per 64-bit draw."""
     count = math.prod(shape)
-    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
-    uniforms = words.view(torch.int16)[:count].view(shape)  # each int16 uniform on [-32768, 32767]
-    return uniforms >= round(p * RESOLUTION) - RESOLUTION // 2
+    seed = int(torch.randint(0, 2**62, ()))  # the only draw from torch's generator
+    words = np.random.SFC64(seed).random_raw((count + 3) // 4)
+    uniforms = words.view(np.int16)[:count]  # each int16 uniform on [-32768, 32767]
+    return torch.from_numpy(uniforms >= round(p * RESOLUTION) - RESOLUTION // 2).view(shape)
 
 
 class PackedDropout(torch.nn.Dropout):
@@ -34,8 +37,8 @@ class PackedDropout(torch.nn.Dropout):
             return x
         if self.p == 1:
             return torch.zeros_like(x)
-        keep = keep_mask(x.shape, self.p, x.device)
-        return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))  # one multiply of x: autograd keeps only the scaled mask
+        keep = keep_mask(x.shape, self.p)
+        return x * (keep.to(x.device, x.dtype) * (1.0 / (1.0 - self.p)))  # one multiply of x: autograd keeps only the scaled mask
 
 
 def use_packed_dropout(model: torch.nn.Module) -> int:

@@ -1,4 +1,5 @@
-"""AdamW with decoupled weight decay (none on biases and norms) and a warm-up schedule."""
+"""AdamW with decoupled weight decay (none on biases and norms) and a warm-up schedule; torch's, or bitsandbytes'
+8-bit one (`training.optimizer`), whose state takes a byte per value instead of four."""
 
 from __future__ import annotations
 
@@ -9,13 +10,25 @@ import torch
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
-def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float, kind: str = "adamw") -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             (no_decay if name.endswith(NO_DECAY) else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=learning_rate)
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=learning_rate)
+    import bitsandbytes as bnb
+
+    # min_8bit_size: tensors smaller than this keep 32-bit state (bitsandbytes' default, 4096 values)
+    return {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}[kind](groups, lr=learning_rate)
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held in the optimizer's per-parameter state (moments and, for 8-bit optimizers, their scales and
+    quantization maps, which bitsandbytes shares among parameters and are counted once)."""
+    tensors = {value.data_ptr(): value for state in optimizer.state.values() for value in state.values() if isinstance(value, torch.Tensor)}
+    return sum(value.numel() * value.element_size() for value in tensors.values())
 
 
 def build_scheduler(optimizer, kind: str, total_steps: int, warmup_ratio: float):
