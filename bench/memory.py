@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Memory of LoRA training on a float, 8-bit and 4-bit (NF4, QLoRA) base, with torch's and bitsandbytes' 8-bit AdamW.
 
-    python bench/memory.py [--models minilm smollm2] [--steps 40] [--out bench/results/memory]
+    python bench/memory.py [--models minilm smollm2] [--steps N] [--out bench/results/memory]
 
 Each configuration is the fine-tune recipe in a fresh process (its own config for the model: minilm_lora_sentiment,
 smollm2_lora_chat), the same number of optimizer steps and one validation at the end. Reported from each run's
@@ -24,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-MODELS = {  # config, metric read from the last validation, overrides that keep the runs short
-    "minilm": ("minilm_lora_sentiment.yaml", "accuracy", ["model.max_length=64"]),
-    "smollm2": ("smollm2_lora_chat.yaml", "perplexity", ["generation.samples=1"]),
+MODELS = {  # config, metric read from the last validation, overrides that keep the runs short, default steps
+    "minilm": ("minilm_lora_sentiment.yaml", "accuracy", ["model.max_length=64"], 60),
+    "smollm2": ("smollm2_lora_chat.yaml", "perplexity", ["generation.samples=1"], 20),
 }
 CONFIGURATIONS = {
     "float base, AdamW": [],
@@ -38,7 +38,7 @@ CONFIGURATIONS = {
 
 
 def run(model: str, overrides: list[str], steps: int, out: Path) -> dict:
-    config, metric, short = MODELS[model]
+    config, metric, short, _ = MODELS[model]
     name = f"{model}-{time.time_ns()}"
     command = [sys.executable, str(REPO / "recipes" / "finetune.py"), "--config", str(REPO / "recipes" / "configs" / config),
                f"output.dir={out}", f"output.name={name}", f"training.max_steps={steps}", f"evaluation.every_steps={steps}",
@@ -78,7 +78,7 @@ def chart(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, help="optimizer steps of every run (default: 60 MiniLM, 20 SmolLM2)")
     parser.add_argument("--out", default="bench/results/memory")
     args = parser.parse_args()
 
@@ -87,24 +87,24 @@ def main() -> None:
         for model in args.models:
             results[model] = {}
             for configuration, overrides in CONFIGURATIONS.items():
-                row = results[model][configuration] = run(model, overrides, args.steps, Path(scratch))
+                row = results[model][configuration] = run(model, overrides, args.steps or MODELS[model][3], Path(scratch))
                 print(f"{model:8} {configuration:38} base {row['base_weight_mb']:7.1f} MB  optimizer {row['optimizer_state_mb']:6.2f} MB  "
                       f"peak RSS {row['peak_rss_mb']:6.0f} MB  {row['steps_per_s']:.2f} steps/s  {row['metric']} {row['value']:.4f}", flush=True)
     from peftstd.run.manifest import hardware, package_versions
 
-    report = {"command": shlex.join(["python", *sys.argv]), "steps": args.steps, "machine": hardware(), "versions": package_versions(),
+    report = {"command": shlex.join(["python", *sys.argv]), "steps": {m: args.steps or MODELS[m][3] for m in args.models}, "machine": hardware(), "versions": package_versions(),
               "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip(), "results": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# Memory of LoRA training on float, 8-bit and 4-bit bases (bitsandbytes)", "", f"`{report['command']}`", "",
              f"{report['machine']['cpu']}, {report['machine']['cores']} cores; commit {report['git'][:10]}; bitsandbytes "
-             f"{report['versions'].get('bitsandbytes', '?')}. Each row: the model's recipe config, {args.steps} optimizer steps, one "
+             f"{report['versions'].get('bitsandbytes', '?')}. Each row: the model's recipe config, its optimizer steps (below), one "
              "validation after them. Base weights: the loaded base model's parameters and buffers as stored (4-bit: packed weights "
              "plus their absmax constants). Peak RSS: the whole recipe process.", ""]
     for model, rows in results.items():
         reference = rows["float base, AdamW"]
-        lines += [f"## {model}", "", f"| configuration | base weights MB | vs float | optimizer state MB | vs AdamW | peak RSS MB | steps/s | "
+        lines += [f"## {model}, {report['steps'][model]} steps", "", f"| configuration | base weights MB | vs float | optimizer state MB | vs AdamW | peak RSS MB | steps/s | "
                   f"speed vs float | validation {reference['metric']} |", "|---|---|---|---|---|---|---|---|---|"]
         for name, row in rows.items():
             lines.append(f"| {name} | {row['base_weight_mb']:.1f} | {reference['base_weight_mb'] / row['base_weight_mb']:.2f}x smaller | "

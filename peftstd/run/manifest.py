@@ -21,7 +21,7 @@ from peftstd.config.schema import SCHEMA_VERSION
 from peftstd.training.precision import cpu_flags
 
 PACKAGES = (
-    "torch", "transformers", "peft", "accelerate", "adapters", "tokenizers", "safetensors",
+    "torch", "transformers", "peft", "accelerate", "adapters", "bitsandbytes", "tokenizers", "safetensors",
     "datasets", "numpy", "scikit-learn", "pydantic", "onnx", "onnxruntime", "optimum", "optimum-onnx",
     "openvino", "fastapi", "uvicorn",
 )
