@@ -100,7 +100,8 @@ def main() -> None:
     lines = ["# Where a training step's time goes (torch.profiler)", "", f"`{shlex.join(['python', *sys.argv])}`", "",
              f"{machine['cpu']}, {threads['threads']} threads, {precision}; default recipe (MiniLM + LoRA r=16 on all linear layers, "
              f"VADER), batch 32, max length 64, cpu_dropout {cfg.training.cpu_dropout}; {args.steps} profiled steps after 3 warm-up steps, {seconds / args.steps * 1000:.0f} ms "
-             "per step under the profiler. Self CPU time summed over every thread.", "",
+             "per step under the profiler. Self CPU time of torch operators summed over every thread; time outside them (numpy's "
+             "generator drawing packed dropout masks) is in the step time but not in the shares.", "",
              "| family | share of self CPU time |", "|---|---|",
              *(f"| {family} | {value / total:.1%} |" for family, value in sorted(families.items(), key=lambda kv: -kv[1])), "",
              "| operator | calls | self CPU ms per step | share |", "|---|---|---|---|",

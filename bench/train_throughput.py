@@ -152,7 +152,7 @@ def main() -> None:
     lines.append(f"- per round, peftstd-auto / trainer-best: {', '.join(f'{r:.2f}x' for r in report['per_round_ratio_vs_best'])}")
     best_ratio = report["ratios"]["peftstd-auto / trainer-best"]
     lines.append(f"- target 1.5x trainer-best at equal or better accuracy: {'met' if best_ratio >= 1.5 else f'missed by {1.5 - best_ratio:.2f}x'}; "
-                 "where a step's time goes, and what was tried: [train_profile.md](train_profile.md)")
+                 "where a step's time goes: [train_profile.md](train_profile.md); what was tried: bench/README.md")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     rounds_chart(out.with_suffix(".png"), results, "samples_per_s", "samples/s",
                  f"MiniLM + LoRA, peftstd-auto / trainer-best {report['ratios']['peftstd-auto / trainer-best']:.2f}x")

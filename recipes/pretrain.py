@@ -4,8 +4,9 @@
     accelerate launch recipes/pretrain.py                       # offline default: continued MLM of MiniLM on VADER text
     accelerate launch recipes/pretrain.py --config recipes/configs/minilm_mlm_vader.yaml masking.whole_word=true
     accelerate launch recipes/pretrain.py objective=causal-lm from_scratch=gpt2-tiny model.name=... data.source=corpus.txt
+    accelerate launch recipes/pretrain.py --resume runs/NAME    # continue a killed run (or run the same command again)
 
-Reads top to bottom: config -> corpus -> model -> masking and blocks -> training loop -> run directory.
+Reads top to bottom: config -> corpus -> masking and blocks -> model and method -> training loop (checkpoints) -> run directory.
 The run directory holds `model/`, a plain transformers folder: name the run directory as `model.name`
 in a fine-tune config, and that run's manifest points back here.
 """

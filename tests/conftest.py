@@ -129,6 +129,17 @@ def run_recipe(args: list[str], launcher: list[str] | None = None, timeout: int 
     return subprocess.run(recipe_command(args, launcher), capture_output=True, text=True, timeout=timeout, env=RECIPE_ENV, cwd=cwd or REPO)
 
 
+def kill_after_checkpoints(command: list[str], run_dir: Path, count: int = 2) -> None:
+    """Start a recipe, SIGKILL it once `count` complete checkpoints exist, and check it had not finished."""
+    process = subprocess.Popen(command, env=RECIPE_ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list((run_dir / "checkpoints").glob("step-*/checksums.json"))) < count and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "manifest.json").exists(), "the run finished before it could be killed"
+
+
 def peftstd(*args: str) -> subprocess.CompletedProcess:
     """The `peftstd` command in a fresh process."""
     return subprocess.run([sys.executable, "-m", "peftstd", *args], capture_output=True, text=True, cwd=REPO, env=RECIPE_ENV)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import RECIPE_ENV, REPO, run_recipe, synthetic_rows, tiny_overrides, write_jsonl
+from conftest import RECIPE_ENV, REPO, kill_after_checkpoints, run_recipe, synthetic_rows, tiny_overrides, write_jsonl
 
 PRETRAIN = REPO / "recipes" / "pretrain.py"
 
@@ -170,9 +170,6 @@ def test_next_sentence_needs_a_model_with_that_head(tiny_model, tmp_path):
 
 
 def test_sigkilled_pretraining_resumes_to_the_metrics_and_weights_of_an_uninterrupted_run(tiny_model, tmp_path):
-    import signal
-    import time
-
     from safetensors.torch import load_file
 
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": r["text"]} for r in synthetic_rows(300, seed=3)])
@@ -181,14 +178,7 @@ def test_sigkilled_pretraining_resumes_to_the_metrics_and_weights_of_an_uninterr
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     args = pretrain_overrides(tiny_model, corpus, tmp_path, "killed", *long)
-    process = subprocess.Popen([sys.executable, str(PRETRAIN), *args], env=RECIPE_ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoints = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 120
-    while len(list(checkpoints.glob("step-*/checksums.json"))) < 2 and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (tmp_path / "killed" / "manifest.json").exists(), "the run finished before it could be killed"
+    kill_after_checkpoints([sys.executable, str(PRETRAIN), *args], tmp_path / "killed")
 
     resumed = run_pretrain(*args)  # the same command again
     assert resumed.returncode == 0, resumed.stderr[-3000:]

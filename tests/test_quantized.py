@@ -155,3 +155,14 @@ def test_methods_and_config_do_not_import_each_other():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert not node.module.startswith("peftstd.config"), f"{path.name} imports {node.module}"
+
+
+def test_gradient_checkpointing_trains_to_the_same_model(tiny_model, sentiment_file, tmp_path):
+    """Recomputing activations in the backward pass replays the same dropout masks (torch's checkpoint restores the
+    generator that seeds them), so the run is the same run."""
+    for name, extra in {"plain": [], "checkpointed": ["training.gradient_checkpointing=true"]}.items():
+        result = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, name, *extra))
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert manifest_of(tmp_path / "checkpointed")["training"]["gradient_checkpointing"] is True
+    test = [json.loads((tmp_path / name / "metrics.json").read_text())["test"] for name in ("plain", "checkpointed")]
+    assert test[0]["loss"] == pytest.approx(test[1]["loss"], rel=1e-5) and test[0]["accuracy"] == test[1]["accuracy"]

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import errno
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import RECIPE_ENV, REPO, recipe_command, run_recipe, tiny_overrides
+from conftest import kill_after_checkpoints, recipe_command, run_recipe, tiny_overrides
 from safetensors.torch import load_file
 
 LONG = ["training.max_steps=48", "evaluation.every_steps=6", "output.checkpoint_every_steps=3", "training.log_every_steps=2"]
@@ -37,14 +34,8 @@ def test_sigkilled_run_resumes_from_last_good_checkpoint_to_identical_metrics(ti
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     args = tiny_overrides(tiny_model, sentiment_file, tmp_path, "killed", *LONG, *extra)
-    process = subprocess.Popen(recipe_command(args), env=RECIPE_ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_after_checkpoints(recipe_command(args), tmp_path / "killed")
     checkpoints = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 120
-    while len(list(checkpoints.glob("step-*/checksums.json"))) < 2 and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (tmp_path / "killed" / "manifest.json").exists(), "the run finished before it could be killed"
 
     # Tear the newest checkpoint: resume must skip it and use the one before.
     newest = max(p.parent for p in checkpoints.glob("step-*/checksums.json"))

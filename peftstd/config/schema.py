@@ -119,9 +119,9 @@ class TrainingSection(Section):
                                     "shared among its processes, whatever the launcher set (OMP_NUM_THREADS). A rerun must use "
                                     "the same count to repeat a CPU run bit for bit; the manifest records it.")
     cpu_dropout: Literal["packed", "torch"] = Field(
-        "packed", description="How dropout masks are drawn on CPU: 'packed' takes four 16-bit uniforms from each 64-bit random draw "
-        "(p rounded to 1/65536; torch's masks took 39% of a LoRA step here, bench/results/train_profile.md), "
-        "'torch' uses torch's own dropout (one draw per element). GPU runs always use torch's.")
+        "packed", description="How dropout masks are drawn on CPU: 'packed' takes four 16-bit uniforms from each 64-bit draw of numpy's "
+        "SFC64 generator seeded from torch's (p rounded to 1/65536; torch's masks took 39% of a LoRA step here, "
+        "bench/results/train_profile_torch_dropout.md), 'torch' uses torch's own dropout (one draw per element). GPU runs always use torch's.")
     seed: int = Field(42, description="Seed of every RNG (python, numpy, torch, data order).")
     log_every_steps: int = Field(10, ge=1, description="Log loss and learning rate every N optimizer steps.")
 
