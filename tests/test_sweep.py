@@ -88,6 +88,7 @@ def test_a_killed_sweep_continues_and_retries_the_trial_it_lost(tiny_model, sent
     import signal
 
     import optuna
+    import sqlalchemy
 
     path = sweep_file(tmp_path, tiny_model, sentiment_file, trials=3, pruner={"type": "none"})
     out = tmp_path / "sweep"
@@ -98,9 +99,11 @@ def test_a_killed_sweep_continues_and_retries_the_trial_it_lost(tiny_model, sent
     states: list[str] = []
     while time.monotonic() < deadline and not (states.count("COMPLETE") >= 1 and "RUNNING" in states):
         time.sleep(0.5)
+        if not (out / "study.db").exists():  # let the sweep create its storage; loading it first would create it here
+            continue
         try:
             states = [t.state.name for t in optuna.load_study(study_name="killed", storage=storage).trials]
-        except KeyError:  # the study is not created yet
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the study, or the database's schema, is not created yet
             states = []
         assert first.poll() is None, "the sweep ended before it could be killed"
     os.killpg(first.pid, signal.SIGKILL)  # the sweep and the trial's recipe process with it
