@@ -109,7 +109,6 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     method = get_method(cfg.method)
     task.check_model(model_config)
     method.check_architecture(model_config.model_type)
-    method.check_quantization(cfg.model.quantization)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     regularization = cfg.regularization
     augmented = augment_examples(splits.train, regularization.augmentation.copies, regularization.augmentation.rate,
