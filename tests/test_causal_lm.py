@@ -138,14 +138,16 @@ def test_check_verifies_an_sft_run(sft_run):
     assert "adapter/ loads with stock libraries: peft" in result.stdout
 
 
-@pytest.mark.parametrize("method", ["full", "adalora", "adapter"])
+@pytest.mark.parametrize("method", ["full", "adalora", "adapter", "qlora"])
 def test_sft_trains_with_other_methods_and_reloads(tiny_llama, tmp_path, method):
+    """qlora: LoRA on a 4-bit base of a model whose LM head is tied to its embeddings (transformers keeps it in float)."""
     from conftest import peftstd
 
     data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(80))
-    extra = ["adalora.init_rank=4", "adalora.target_rank=2", "adalora.reallocation_interval=1"] if method == "adalora" else []
+    extra = {"adalora": ["adalora.init_rank=4", "adalora.target_rank=2", "adalora.reallocation_interval=1"],
+             "qlora": ["model.quantization.bits=4"]}.get(method, [])
     result = run_recipe([f"model.name={tiny_llama}", f"data.source={data}", f"output.dir={tmp_path}", f"output.name={method}",
-                         "task.type=causal-lm", "evaluation.metric=loss", f"method={method}", "model.max_length=32",
+                         "task.type=causal-lm", "evaluation.metric=loss", f"method={'lora' if method == 'qlora' else method}", "model.max_length=32",
                          "training.batch_size=16", "training.precision=fp32", "training.max_steps=6", "evaluation.every_steps=3",
                          "generation.max_new_tokens=3", "generation.samples=4", *extra])
     assert result.returncode == 0, result.stderr[-3000:]

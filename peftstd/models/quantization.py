@@ -28,7 +28,8 @@ class QuantizationSection(Section):
         return self
 
     def bnb_config(self, skip_modules: list[str]):
-        """transformers' BitsAndBytesConfig for these settings; `skip_modules` (task heads) stay in float."""
+        """transformers' BitsAndBytesConfig for these settings; `skip_modules` (task heads) stay in float. None, not an
+        empty list, when there are none: transformers then keeps the output layer in float itself (a tied LM head)."""
         import torch
         from transformers import BitsAndBytesConfig
 

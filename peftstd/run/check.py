@@ -128,7 +128,7 @@ def load_stock(run: Path, manifest: dict) -> str:
                     {"load_in_4bit": True, "bnb_4bit_quant_type": quantization["type"], "bnb_4bit_use_double_quant": quantization["double_quant"],
                      "bnb_4bit_compute_dtype": {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[quantization["compute_dtype"]]})
         base = auto.from_pretrained(manifest["base_model"]["path"], **task.head_config(labels), device_map="cpu",
-                                    quantization_config=transformers.BitsAndBytesConfig(**settings, llm_int8_skip_modules=list(task.head_candidates)))
+                                    quantization_config=transformers.BitsAndBytesConfig(**settings, llm_int8_skip_modules=list(task.head_candidates) or None))
     else:
         base = auto.from_pretrained(manifest["base_model"]["path"], **task.head_config(labels))
     if library == "adapters":
