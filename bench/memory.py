@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -90,15 +89,14 @@ def main() -> None:
                 row = results[model][configuration] = run(model, overrides, args.steps or MODELS[model][3], Path(scratch))
                 print(f"{model:8} {configuration:38} base {row['base_weight_mb']:7.1f} MB  optimizer {row['optimizer_state_mb']:6.2f} MB  "
                       f"peak RSS {row['peak_rss_mb']:6.0f} MB  {row['steps_per_s']:.2f} steps/s  {row['metric']} {row['value']:.4f}", flush=True)
-    from peftstd.run.manifest import hardware, package_versions
+    from bench.provenance import machine_line, provenance
 
-    report = {"command": shlex.join(["python", *sys.argv]), "steps": {m: args.steps or MODELS[m][3] for m in args.models}, "machine": hardware(), "versions": package_versions(),
-              "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip(), "results": results}
+    report = {**provenance(), "steps": {m: args.steps or MODELS[m][3] for m in args.models}, "results": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# Memory of LoRA training on float, 8-bit and 4-bit bases (bitsandbytes)", "", f"`{report['command']}`", "",
-             f"{report['machine']['cpu']}, {report['machine']['cores']} cores; commit {report['git'][:10]}; bitsandbytes "
+             f"{machine_line(report)}; bitsandbytes "
              f"{report['versions'].get('bitsandbytes', '?')}. Each row: the model's recipe config, its optimizer steps (below), one "
              "validation after them. Base weights: the loaded base model's parameters and buffers as stored (4-bit: packed weights "
              "plus their absmax constants). Peak RSS: the whole recipe process.", ""]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.plots import rounds_chart
+from bench.provenance import machine_line, provenance
 
 CONFIG = REPO / "recipes" / "configs" / "smollm2_lora_chat.yaml"
 COMMON = {"rank": 16, "alpha": 32, "dropout": 0.05, "batch": 16, "max_length": 128, "lr": 5e-4}
@@ -138,20 +138,16 @@ def main() -> None:
         return sum(r[key] for r in results[configuration]) / len(results[configuration])
 
     summary = {c: {k: mean(c, k) for k in ("samples_per_s", "tokens_per_s", "validation_loss", "peak_rss_mb")} for c in configurations}
-    from peftstd.run.manifest import hardware, package_versions
-
     ratio = summary["peftstd-auto"]["tokens_per_s"] / summary["trl-sft-best"]["tokens_per_s"]
-    report = {"command": shlex.join(["python", *sys.argv]), "settings": {**COMMON, "steps": args.steps, "rounds": args.rounds},
-              "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip(),
-              "machine": hardware(), "versions": {**package_versions(), "trl": trl.__version__}, "runs": results, "mean": summary,
+    report = {**provenance(trl=trl.__version__), "settings": {**COMMON, "steps": args.steps, "rounds": args.rounds},
+              "runs": results, "mean": summary,
               "ratio_tokens_per_s": ratio,
               "per_round_ratio": [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(results["peftstd-auto"], results["trl-sft-best"])]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# Causal-LM SFT throughput: peftstd recipe vs TRL SFTTrainer", "", f"`{report['command']}`", "",
-             f"{report['machine']['cpu']}, {report['machine']['cores']} cores ({', '.join(report['machine']['isa'])}); commit "
-             f"{report['git'][:10]}; trl {trl.__version__}. SmolLM2-135M-Instruct + LoRA r=16 (all linear), chatterbot-corpus, "
+             f"{machine_line(report)}; trl {trl.__version__}. SmolLM2-135M-Instruct + LoRA r=16 (all linear), chatterbot-corpus, "
              f"{args.steps} steps of batch 16, max length 128, bf16 autocast, completion-only loss; TRL: prompt-completion data, "
              f"length grouping, dynamic padding (packing and padding-free need FlashAttention, not on a CPU). "
              f"{args.rounds} alternating rounds, means below; validation loss on the same split after the same steps, each tool's own "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.plots import rounds_chart
+from bench.provenance import machine_line, provenance
 
 COMMON = {"rank": 16, "alpha": 32, "dropout": 0.05, "batch": 32, "max_length": 64, "lr": 5e-4, "epochs": 1}
 
@@ -126,11 +126,8 @@ def main() -> None:
         return sum(r[key] for r in results[configuration]) / len(results[configuration])
 
     summary = {c: {k: mean(c, k) for k in ("samples_per_s", "accuracy", "peak_rss_mb")} for c in configurations}
-    from peftstd.run.manifest import hardware, package_versions
-
-    report = {"command": shlex.join(sys.argv), "settings": {**COMMON, "train_samples": args.train_samples, "rounds": args.rounds},
-              "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip(),
-              "machine": hardware(), "versions": package_versions(), "runs": results, "mean": summary,
+    report = {**provenance(), "settings": {**COMMON, "train_samples": args.train_samples, "rounds": args.rounds},
+              "runs": results, "mean": summary,
               "ratios": {"peftstd-auto / trainer-best": summary["peftstd-auto"]["samples_per_s"] / summary["trainer-best"]["samples_per_s"],
                          "peftstd-auto / trainer-defaults (run_glue, not a fair peer)":
                              summary["peftstd-auto"]["samples_per_s"] / summary["trainer-defaults"]["samples_per_s"]},
@@ -139,7 +136,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# Training throughput: peftstd recipe vs the best-configured transformers Trainer + peft", "", f"`{report['command']}`", "",
-             f"{report['machine']['cpu']}, {report['machine']['cores']} cores ({', '.join(report['machine']['isa'])}); commit {report['git'][:10]}; "
+             f"{machine_line(report)}; "
              f"{args.train_samples} training snippets, 1 epoch, batch 32, max length 64, LoRA r=16 on all linear layers; "
              f"{args.rounds} alternating rounds, means below. trainer-best: DataCollatorWithPadding, group_by_length, bf16 "
              "(the peer that counts); trainer-defaults: run_glue's padding to max length in fp32, for reference only.", "",

@@ -3,7 +3,8 @@
 
     accelerate launch recipes/finetune.py                       # offline default: MiniLM + LoRA on VADER
     accelerate launch recipes/finetune.py --config recipes/configs/minilm_adalora_sentiment.yaml training.epochs=2
-    accelerate launch --multi_gpu --num_processes 2 recipes/finetune.py ...   # two CPU processes over gloo
+    accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/finetune.py ...    # 2 processes (gloo on CPU)
+    accelerate launch --config_file recipes/accelerate/fsdp.yaml recipes/finetune.py ...   # 2 processes, fully sharded
 
 Reads top to bottom: config -> data -> model and method -> training loop -> test -> run directory.
 Only rank 0 writes the run directory.
@@ -82,6 +83,15 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps, state_bytes
     from peftstd.training.precision import accelerate_name, resolve_precision
     from peftstd.training.selection import Selection
+    from peftstd.training.sharding import (
+        check_sharding_supported,
+        distributed_setup,
+        enable_cpu_fsdp,
+        refuse_deepspeed,
+        reshard,
+        saved_state,
+        wrap_transformer_layers,
+    )
     from peftstd.training.threads import set_cpu_threads
 
     started = time.time()
@@ -89,12 +99,16 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
 
     # --- Accelerator: device placement, mixed precision, gradient accumulation, DDP -------------
     precision, precision_reason = resolve_precision(cfg.training.precision, torch.cuda.is_available())
+    refuse_deepspeed()
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # without it, CPU-only torchrun workers each run alone instead of over gloo
         mixed_precision=accelerate_name(precision),
         gradient_accumulation_steps=cfg.training.gradient_accumulation_steps,
     )
+    enable_cpu_fsdp(accelerator)  # on CPU, Accelerate would silently train plain DDP instead
     check_world_size(accelerator.num_processes)
+    check_sharding_supported(accelerator, cfg.method, cfg.model.quantization is not None, cfg.training.optimizer,
+                             bool(cfg.regularization.fgm_epsilon))
     threads = set_cpu_threads(cfg.training.cpu_threads, accelerator.num_processes) if accelerator.device.type == "cpu" else None
     set_seed(cfg.training.seed)
     is_main = accelerator.is_main_process
@@ -150,8 +164,10 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     train_dl, epoch_generator = train_loader(encoded["train"], collator, cfg.training.batch_size, cfg.training.group_by_length)
     val_dl, val_order = eval_loader(encoded["validation"], collator, cfg.evaluation.batch_size)
     test_dl, test_order = eval_loader(encoded["test"], collator, cfg.evaluation.batch_size)
+    wrap_transformer_layers(accelerator, model)
     model, optimizer, train_dl, val_dl, test_dl = accelerator.prepare(model, optimizer, train_dl, val_dl, test_dl)
     unwrapped = accelerator.unwrap_model(model)
+    distributed = distributed_setup(accelerator, model)  # what the launch actually gave, not what it asked for
     fgm = FGM(unwrapped, regularization.fgm_epsilon) if regularization.fgm_epsilon else None
 
     # --- Model FLOPs: one step counted on a batch of the training split (RNG untouched), and the matmul peak -----
@@ -187,7 +203,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(run_dir / "tensorboard", purge_step=state.step + 1 if resume_from else None)
-        print_banner(cfg, base, splits, parameters, precision, accelerator.num_processes, total_steps, run_dir, threads)
+        print_banner(cfg, base, splits, parameters, precision, accelerator.num_processes, total_steps, run_dir, threads, distributed)
         if resume_from:
             print(f"resuming from {resume_from} (step {state.step}, epoch {state.epoch}, batch {state.batches_in_epoch})", file=sys.stderr)
 
@@ -246,9 +262,11 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                 if sweep_trial:
                     pruned = on_main_then_broadcast(accelerator, lambda at=step, value=metrics[selection.metric]: sweep_trial.should_prune(at, value))
                 if improved:
+                    reshard(model)  # an FSDP model's parameters are read in their sharded form
                     best_snapshot = method.snapshot(unwrapped)
+                    weights = saved_state(accelerator, model)  # collective when sharded
                     if is_main:
-                        atomic.replace_dir(run_dir / "checkpoints" / "best", lambda d: method.save(unwrapped, d))
+                        atomic.replace_dir(run_dir / "checkpoints" / "best", lambda d, w=weights: method.save(unwrapped, d, w))
                 if is_main:
                     progress.write(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                                    + (" (best)" if improved else "") + (" (pruned by the sweep)" if pruned else ""))
@@ -269,6 +287,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     history, train_seconds = state.history, state.train_seconds
 
     # --- Final model: best checkpoint, evaluated on the test split in float32 ------------------------
+    reshard(model)
     method.restore(unwrapped, best_snapshot)
     # test_outputs: logits, or a task's own outputs (QA: answers; generative tasks: `Generations`, set below)
     test_metrics, test_outputs, test_labels = evaluate(model, test_dl, test_order, accelerator, task, autocast=False)
@@ -278,9 +297,10 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
         test_metrics.update({k: v for k, v in test_outputs.scores["fine-tuned"].items() if k != "prompts"})
 
     # --- Run directory: weights, metrics, predictions, report, manifest ------------------------------
+    weights = saved_state(accelerator, model)  # collective when sharded
     if is_main:
         weights_dir = run_dir / method.weights_dir
-        atomic.replace_dir(weights_dir, lambda d: (method.save(unwrapped, d), tokenizer.save_pretrained(d)))
+        atomic.replace_dir(weights_dir, lambda d: (method.save(unwrapped, d, weights), tokenizer.save_pretrained(d)))
         atomic.write_json(run_dir / "labels.json", labels)
         metrics_doc = {
             "task": task.name,
@@ -321,7 +341,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                 "device": str(accelerator.device), "learning_rate": learning_rate, "optimizer_steps": state.step,
                 "planned_steps": total_steps, "steps_per_epoch": steps_per_epoch, "stopped_early": selection.should_stop,
                 "train_seconds": train_seconds, "train_samples_per_second": state.seen / train_seconds,
-                "resumed": bool(resume_from), "cpu_threads": threads,
+                "resumed": bool(resume_from), "cpu_threads": threads, "distributed": distributed,
                 "dropout_masks": {"setting": cfg.training.cpu_dropout, "packed_modules": packed_dropouts},
                 "optimizer": {"name": cfg.training.optimizer, "state_bytes": state_bytes(optimizer)},
                 "gradient_checkpointing": cfg.training.gradient_checkpointing,

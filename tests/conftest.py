@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -130,13 +131,20 @@ def run_recipe(args: list[str], launcher: list[str] | None = None, timeout: int 
 
 
 def kill_after_checkpoints(command: list[str], run_dir: Path, count: int = 2) -> None:
-    """Start a recipe, SIGKILL it once `count` complete checkpoints exist, and check it had not finished."""
+    """Start a recipe, SIGKILL it (and its launcher's workers) once `count` complete checkpoints exist, and check it
+    had not finished."""
     process = subprocess.Popen(command, env=RECIPE_ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while len(list((run_dir / "checkpoints").glob("step-*/checksums.json"))) < count and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
+    # a launcher (accelerate, torchrun) puts its workers in process groups of their own: SIGKILL the tree, workers first
+    import psutil
+
+    for member in psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.send_signal(signal.SIGKILL)
     process.wait()
+    time.sleep(0.5)
     assert not (run_dir / "manifest.json").exists(), "the run finished before it could be killed"
 
 

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from conftest import run_recipe, tiny_overrides
+from conftest import kill_after_checkpoints, recipe_command, run_recipe, tiny_overrides
 
 from peftstd.training.threads import physical_cores
 
@@ -38,38 +38,18 @@ def test_two_cpu_processes_train_as_two_ranks_and_only_rank0_writes(tiny_model, 
 
 
 def test_two_process_run_resumes_after_sigkill_to_identical_metrics(tiny_model, sentiment_file, tmp_path):
-    import signal
-    import subprocess
-    import time
-
-    import psutil
-    from conftest import RECIPE_ENV, REPO, recipe_command
-
     extra = ["training.max_steps=24", "evaluation.every_steps=6", "output.checkpoint_every_steps=3"]
     reference = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "reference", *extra), launcher=TWO_CPU_PROCESSES)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     args = tiny_overrides(tiny_model, sentiment_file, tmp_path, "killed", *extra)
-    process = subprocess.Popen(recipe_command(args, TWO_CPU_PROCESSES), env=RECIPE_ENV, cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoints = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 180
-    while not list(checkpoints.glob("step-*/checksums.json")) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    # torchrun puts its workers in process groups of their own: SIGKILL the whole tree, workers first.
-    tree = psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]
-    for member in tree:
-        member.send_signal(signal.SIGKILL)
-    process.wait()
-    time.sleep(0.5)
-    assert not (tmp_path / "killed" / "manifest.json").exists(), "the run finished before it could be killed"
-
+    kill_after_checkpoints(recipe_command(args, TWO_CPU_PROCESSES), tmp_path / "killed", count=1)
     resumed = run_recipe(args, launcher=TWO_CPU_PROCESSES)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr
     same = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("reference", "killed")]
     assert same[0] == same[1]
-    rng = __import__("torch").load(max(checkpoints.glob("step-*")) / "rng.pt", weights_only=False)
+    rng = __import__("torch").load(max((tmp_path / "killed" / "checkpoints").glob("step-*")) / "rng.pt", weights_only=False)
     assert len(rng) == 2  # both ranks' RNG states, written by rank 0 alone
 
 

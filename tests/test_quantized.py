@@ -118,8 +118,8 @@ class BitFit(Method):
                                      or (section.include_norms and "LayerNorm" in name))
         return model
 
-    def save(self, model, out_dir):
-        model.save_pretrained(out_dir, safe_serialization=True)
+    def save(self, model, out_dir, state_dict=None):
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
 
     def load(self, task, base_path, weights_dir, labels, quantization=None):
         return task.load_model(weights_dir, labels)
@@ -166,3 +166,27 @@ def test_gradient_checkpointing_trains_to_the_same_model(tiny_model, sentiment_f
     assert manifest_of(tmp_path / "checkpointed")["training"]["gradient_checkpointing"] is True
     test = [json.loads((tmp_path / name / "metrics.json").read_text())["test"] for name in ("plain", "checkpointed")]
     assert test[0]["loss"] == pytest.approx(test[1]["loss"], rel=1e-5) and test[0]["accuracy"] == test[1]["accuracy"]
+
+
+def test_loftq_init_starts_a_4bit_base_closer_to_the_float_model(tiny_model):
+    """lora.init=loftq: base + adapter reproduce the float encoder better than the 4-bit base alone (LoRA's B = 0)."""
+    import torch
+
+    from peftstd.config import load_config
+    from peftstd.methods import Wrapping, get_method
+    from peftstd.tasks import get_task
+
+    def encoder_output(init: str | None) -> torch.Tensor:
+        overrides = [f"model.name={tiny_model}", "lora.rank=8"] + (["model.quantization.bits=4", f"lora.init={init}"] if init else [])
+        cfg = load_config(str(REPO / "recipes" / "configs" / "minilm_lora_sentiment.yaml"), overrides)
+        task, method = get_task(cfg.task.type, settings=cfg.task.model_dump()), get_method(cfg.method)
+        model = method.load_base(task, tiny_model, ["negative", "positive"], cfg.model.quantization)
+        model = method.apply(model, cfg.lora, Wrapping(task.peft_task_type, task.head_modules(model), 10)).eval()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            encoder = model.get_base_model().bert
+            return encoder(input_ids=torch.randint(5, encoder.config.vocab_size, (4, 12))).last_hidden_state.float()
+
+    reference = encoder_output(None)
+    plain, loftq = (float((encoder_output(init) - reference).abs().mean()) for init in ("default", "loftq"))
+    assert loftq < 0.9 * plain, (plain, loftq)

@@ -86,6 +86,8 @@ class PretrainConfig(Section):
     def _float_weights(self) -> PretrainConfig:
         if self.model.quantization is not None:
             raise ValueError("model.quantization is for fine-tuning adapters on a frozen base; pretraining trains float weights")
+        if getattr(self.method_section(), "init", None) == "loftq":
+            raise ValueError(f"{self.method}.init loftq corrects a 4-bit base's quantization error; pretraining trains float weights")
         return self
 
     def method_section(self) -> Section:

@@ -13,6 +13,7 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from peftstd.basics.section import Section
 from peftstd.methods import METHODS
+from peftstd.methods.base import quantization_problem
 from peftstd.models.quantization import QuantizationSection
 from peftstd.regularization import RegularizationSection
 from peftstd.tasks import PRIMARY_METRIC, TASK_METRICS
@@ -201,9 +202,15 @@ class RecipeConfig(_WithMethods):
 
     @model_validator(mode="after")
     def _quantization_fits_method(self) -> RecipeConfig:
-        if self.model.quantization is not None and not METHODS[self.method].quantized_base:
-            allowed = ", ".join(n for n, c in METHODS.items() if c.quantized_base)
-            raise ValueError(f"model.quantization needs a method that trains on a frozen quantized base ({allowed}), not {self.method!r}")
+        if self.model.quantization is not None and (problem := quantization_problem(self.method)):
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _loftq_needs_a_4bit_base(self) -> RecipeConfig:
+        quantization = self.model.quantization
+        if getattr(self.method_section(), "init", None) == "loftq" and (quantization is None or quantization.bits != 4):
+            raise ValueError(f"{self.method}.init loftq corrects a 4-bit base's quantization error; it needs model.quantization.bits 4")
         return self
 
     def method_section(self) -> Section:

@@ -64,7 +64,7 @@ class BottleneckAdapter(Method):
         self._head_modules = wrapping.head_modules
         return model
 
-    def save(self, model, out_dir):
+    def save(self, model, out_dir, state_dict=None):  # never sharded (training.sharding.SHARDABLE_METHODS)
         from safetensors.torch import save_file
 
         model.save_adapter(str(out_dir), ADAPTER_NAME, with_head=False)

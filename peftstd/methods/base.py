@@ -31,6 +31,14 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def quantization_problem(method: str) -> str | None:
+    """Why `method` cannot train on a quantized base, or None when it can (the schema and the methods say the same)."""
+    if METHODS[method].quantized_base:
+        return None
+    allowed = ", ".join(name for name, cls in METHODS.items() if cls.quantized_base)
+    return f"model.quantization needs a method that trains on a frozen quantized base ({allowed}), not {method!r}"
+
+
 @dataclass(frozen=True)
 class Wrapping:
     """What a method needs to know about the model it wraps, beyond its own section."""
@@ -59,9 +67,8 @@ class Method:
 
     def check_quantization(self, quantization: Any) -> None:
         """Raise `ConfigError` when asked for a quantized base the method cannot train."""
-        if quantization is not None and not self.quantized_base:
-            allowed = ", ".join(name for name, cls in METHODS.items() if cls.quantized_base)
-            raise ConfigError(f"model.quantization: method {self.name!r} cannot train a quantized base model; use {allowed}, or drop model.quantization")
+        if quantization is not None and (problem := quantization_problem(self.name)):
+            raise ConfigError(problem)
 
     def load_base(self, task: Task, path: Path, labels: list[str], quantization: Any = None, **config_overrides) -> torch.nn.Module:
         """The base model the method starts from: by default the task's float model."""
@@ -95,8 +102,9 @@ class Method:
     def load_state_dict(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned, when resuming."""
 
-    def save(self, model: torch.nn.Module, out_dir: Path) -> None:
-        """Write the trained weights in the method's documented on-disk format."""
+    def save(self, model: torch.nn.Module, out_dir: Path, state_dict: dict[str, Any] | None = None) -> None:
+        """Write the trained weights in the method's documented on-disk format; `state_dict`: whole tensors gathered
+        from a sharded model (None: the model's own)."""
         raise NotImplementedError
 
     def load(self, task: Task, base_path: Path, weights_dir: Path, labels: list[str], quantization: Any = None) -> torch.nn.Module:

@@ -28,8 +28,8 @@ class FullFineTuning(Method):
             model.get_input_embeddings().weight.requires_grad_(False)
         return model
 
-    def save(self, model, out_dir):
-        model.save_pretrained(out_dir, safe_serialization=True)
+    def save(self, model, out_dir, state_dict=None):
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
 
     def load(self, task, base_path, weights_dir, labels, quantization=None):
         return task.load_model(weights_dir, labels)

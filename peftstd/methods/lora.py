@@ -6,11 +6,13 @@ and is prepared with peft's `prepare_model_for_kbit_training`; the LoRA matrices
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from peftstd.basics.section import Section
+from peftstd.errors import ConfigError
 from peftstd.methods.base import Method, register
 
 
@@ -21,6 +23,10 @@ class LoraSection(Section):
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get LoRA: 'all-linear' (every attention and dense layer) or a list of module names."
     )
+    init: Literal["default", "loftq"] = Field(
+        "default", description="LoRA initialization: default (B = 0, training starts from the base model) or loftq (4-bit "
+        "bases only: A and B set so that base + adapter reproduce the float weights, one LoftQ step with peft's "
+        "replace_lora_weights_loftq; recovers part of what quantization costs before training starts).")
 
 
 class PeftMethod(Method):
@@ -43,8 +49,8 @@ class PeftMethod(Method):
         # gradient checkpointing is the recipe's own switch (training.gradient_checkpointing), not forced here
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
-    def save(self, model, out_dir):
-        model.save_pretrained(out_dir, safe_serialization=True)
+    def save(self, model, out_dir, state_dict=None):
+        model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
 
     def load(self, task, base_path, weights_dir, labels, quantization=None):
         from peft import PeftModel
@@ -69,6 +75,43 @@ def keep_4bit_layers_trainable(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def loftq_init(model) -> int:
+    """One LoftQ step (Li et al. 2023) on a 4-bit base: each LoRA pair becomes the best rank-r approximation of what
+    quantization lost (float weight minus dequantized weight), so that base + adapter start at the float model, not at
+    the quantized one. Written here because peft's `replace_lora_weights_loftq` computes on CUDA or XPU only. The
+    float weights are read one tensor at a time from the base folder's safetensors files. Returns the layers set."""
+    import bitsandbytes as bnb
+    import torch
+    from peft.tuners.lora import Linear4bit
+    from safetensors import safe_open
+
+    base = model.get_base_model()
+    files = {}
+    for file in sorted(Path(base.config._name_or_path).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as weights:
+            files.update(dict.fromkeys(weights.keys(), file))
+    prefix, replaced = base.base_model_prefix, 0
+    for name, module in model.named_modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        key = name.removeprefix("base_model.model.") + ".weight"  # a classifier loads its encoder from a bare model's file
+        found = next((k for k in (key, key.removeprefix(f"{prefix}."), f"{prefix}.{key}") if k in files), None)
+        if found is None:
+            raise ConfigError(f"lora.init loftq: {key} is not in the base model's safetensors files")
+        with safe_open(str(files[found]), "pt") as weights:
+            original = weights.get_tensor(found).float()
+        quantized = module.get_base_layer().weight
+        residual = original - bnb.functional.dequantize_4bit(quantized.data, quantized.quant_state).float()
+        u, s, vh = torch.linalg.svd(residual, full_matrices=False)
+        for adapter, rank in module.r.items():
+            root = s[:rank].sqrt()
+            lora_a, lora_b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+            lora_a.data = (root[:, None] * vh[:rank]).to(lora_a.dtype)
+            lora_b.data = (u[:, :rank] * root / module.scaling[adapter]).to(lora_b.dtype)  # the forward multiplies by scaling
+        replaced += 1
+    return replaced
+
+
 @register
 class Lora(PeftMethod):
     name = "lora"
@@ -79,7 +122,7 @@ class Lora(PeftMethod):
     def apply(self, model, section, wrapping):
         from peft import LoraConfig
 
-        return self.wrap(
+        wrapped = self.wrap(
             model,
             LoraConfig(
                 task_type=wrapping.peft_task_type,
@@ -90,3 +133,6 @@ class Lora(PeftMethod):
                 modules_to_save=wrapping.head_modules,
             ),
         )
+        if section.init == "loftq":
+            loftq_init(wrapped)
+        return wrapped

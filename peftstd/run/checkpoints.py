@@ -1,8 +1,8 @@
 """Training-state checkpoints: everything needed to continue a killed run bit-identically.
 
     checkpoints/step-00000120/
-        trainable.safetensors   parameters with requires_grad (the whole model for full fine-tuning)
-        optimizer.pt            AdamW moments
+        trainable.safetensors   parameters with requires_grad (the whole model for full fine-tuning), whole tensors
+        optimizer.pt            optimizer state (an FSDP run's gathered whole, keyed by parameter name)
         scheduler.pt            learning-rate schedule position
         scaler.pt               fp16 gradient-scaler state (fp16 runs only)
         method.pt               method state (AdaLoRA's importance scores and rank pattern)
@@ -11,7 +11,7 @@
         trainer_state.json      step, epoch, batches consumed in the epoch, history, selection
         checksums.json          sha256 of each file above; written last, so its presence marks completeness
 
-Only rank 0 writes. A checkpoint is built in a temporary folder and renamed into place; a torn or
+Only rank 0 writes; a sharded (FSDP) model's tensors are gathered to it first. A checkpoint is built in a temporary folder and renamed into place; a torn or
 corrupted checkpoint (missing or mismatching checksums) is never loaded.
 """
 
@@ -32,6 +32,7 @@ import torch
 from peftstd.basics.atomic import replace_dir, write_json
 from peftstd.basics.hashing import sha256_file
 from peftstd.errors import UserError
+from peftstd.training import sharding
 
 PREFIX = "step-"
 CHECKSUMS = "checksums.json"
@@ -73,10 +74,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
-
-
 class Checkpoints:
     """Save, prune, verify and load the training-state checkpoints of one run."""
 
@@ -89,18 +86,23 @@ class Checkpoints:
         from accelerate.utils import gather_object
         from safetensors.torch import save_file
 
-        rng = gather_object([rng_state()])  # collective: every rank must call save()
+        # collectives: every rank must call save() (a sharded model's tensors are gathered whole)
+        rng = gather_object([rng_state()])
+        sharded = sharding.is_sharded(model)  # its optimizer state is keyed by parameter name, not by position
+        if sharded or self.accelerator.is_main_process:
+            trainable, optimizer_state = sharding.full_state(model, only_trainable=True), sharding.optimizer_state(model, optimizer)
+            best_snapshot = sharding.whole(best_snapshot)
         if self.accelerator.is_main_process:
             def fill(tmp: Path) -> None:
-                save_file(trainable_state(model), tmp / "trainable.safetensors")
-                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+                save_file(trainable, tmp / "trainable.safetensors")
+                torch.save(optimizer_state, tmp / "optimizer.pt")
                 torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
                 if self.accelerator.scaler is not None:
                     torch.save(self.accelerator.scaler.state_dict(), tmp / "scaler.pt")
                 torch.save(method.state_dict(model), tmp / "method.pt")
                 torch.save(best_snapshot, tmp / "best.pt")
                 torch.save(rng, tmp / "rng.pt")
-                write_json(tmp / "trainer_state.json", asdict(state))
+                write_json(tmp / "trainer_state.json", {**asdict(state), "sharded": sharded})
                 write_json(tmp / CHECKSUMS, {p.name: sha256_file(p) for p in sorted(tmp.iterdir())})
 
             target = self.folder / f"{PREFIX}{state.step:08d}"
@@ -133,11 +135,12 @@ class Checkpoints:
     def load(self, path: Path, model, optimizer, scheduler, method) -> tuple[TrainerState, Any]:
         from safetensors.torch import load_file
 
-        parameters = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in load_file(path / "trainable.safetensors").items():
-                parameters[name].copy_(value)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        saved = json.loads((path / "trainer_state.json").read_text())
+        if saved.pop("sharded", False) != sharding.is_sharded(model):
+            was, now = ("sharded (FSDP)", "unsharded") if not sharding.is_sharded(model) else ("unsharded", "sharded (FSDP)")
+            raise UserError(f"checkpoint {path.name} was written by a {was} run; resume it with the same launch settings, not a {now} one")
+        sharding.load_full_state(model, load_file(path / "trainable.safetensors"))
+        sharding.load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         if self.accelerator.scaler is not None and (path / "scaler.pt").is_file():
             self.accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
@@ -148,8 +151,8 @@ class Checkpoints:
                 f"checkpoint {path.name} was written by {len(rng)} process(es); resume it with the same number, not {self.accelerator.num_processes}"
             )
         set_rng_state(rng[self.accelerator.process_index])
-        state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
-        return state, torch.load(path / "best.pt", weights_only=False)
+        state = TrainerState(**saved)
+        return state, sharding.sharded_like(torch.load(path / "best.pt", weights_only=False), model)
 
 
 def checkpoint_due_by_time(minutes: float | None, last_time: float, accelerator) -> bool:

@@ -1,0 +1,150 @@
+"""Sharded (FSDP2) and multi-machine training with the shipped Accelerate configs, for real on CPU over gloo.
+
+Accelerate alone turns `--use_fsdp` into plain DDP on a CPU-only machine; these tests check that the recipe got
+parameters that are really sharded (`DTensor`s, FSDP's module class), that what it saves is the stock one-process
+format and matches a DDP run of the same data, that a killed sharded run resumes to identical metrics, and that
+two "machines" of one process each on 127.0.0.1 train one run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import RECIPE_ENV, REPO, free_port, kill_after_checkpoints, peftstd, recipe_command, run_recipe, tiny_overrides
+
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+CONFIGS = REPO / "recipes" / "accelerate"
+LEARN = ["training.learning_rate=0.01", "training.max_steps=12", "evaluation.every_steps=6"]
+
+
+def launcher(config: str, *extra: str) -> list[str]:
+    return [ACCELERATE, "launch", "--config_file", str(CONFIGS / f"{config}.yaml"), *extra]
+
+
+def ours_in_traceback(stderr: str) -> bool:
+    """Whether a traceback passes through the recipe or peftstd (the launcher prints its own when a worker exits
+    non-zero, ChildFailedError, whatever the worker said)."""
+    return "recipes/finetune.py\", line" in stderr or "/peftstd/" in stderr
+
+
+def manifest(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())
+
+
+def test_fsdp_shards_on_cpu_saves_the_stock_format_and_matches_one_process(tiny_model, sentiment_file, tmp_path):
+    """One process at batch 32, DDP and FSDP at 16 per process: the same examples per step (no length grouping, whose
+    mega-batches depend on the batch size; no dropout, whose masks depend on the split), so the same model."""
+    from safetensors.torch import load_file
+
+    same = [*LEARN, "training.group_by_length=false", "regularization.dropout=0", "lora.dropout=0"]
+    one = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "one", *same, "training.batch_size=32"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    for kind in ("ddp", "fsdp"):
+        result = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, kind, *same), launcher=launcher(kind))
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "FSDP (" in result.stdout + result.stderr  # the banner says what the run got
+    ddp, fsdp = (manifest(tmp_path / k)["training"]["distributed"] for k in ("ddp", "fsdp"))
+    assert ddp == {"requested": "ddp", "type": "MULTI_CPU", "wrapper": "DistributedDataParallel", "sharded_parameters": False,
+                   "shard_units": 0, "world_size": 2, "machines": 1}
+    assert fsdp["requested"] == "fsdp" and fsdp["type"] == "FSDP" and fsdp["sharded_parameters"] is True
+    assert fsdp["wrapper"].startswith("FSDP") and fsdp["world_size"] == 2
+    assert fsdp["shard_units"] >= 3  # the whole model and each of the 2 BertLayers (BERT declares no _no_split_modules)
+
+    # the same model as one process, up to the order of floating-point sums
+    weights = {k: load_file(tmp_path / k / "adapter" / "adapter_model.safetensors") for k in ("one", "ddp", "fsdp")}
+    assert any("lora_A" in k for k in weights["one"])
+    assert all(value.abs().max() > 1e-3 for key, value in weights["fsdp"].items() if "lora_B" in key)  # trained (B starts at 0)
+    predictions = {k: [json.loads(line) for line in (tmp_path / k / "predictions" / "test.jsonl").read_text().splitlines()]
+                   for k in weights}
+    for kind in ("ddp", "fsdp"):
+        assert weights[kind].keys() == weights["one"].keys()
+        for key, value in weights["one"].items():
+            assert (value - weights[kind][key]).abs().max() < 1e-5, (kind, key)
+        assert [p["prediction"] for p in predictions[kind]] == [p["prediction"] for p in predictions["one"]]
+        assert max(abs(a - b) for p, q in zip(predictions[kind], predictions["one"]) for a, b in zip(p["logits"], q["logits"])) < 1e-5
+
+    # stock transformers + peft in one process reload the adapter and reproduce the run's own test predictions
+    checked = peftstd("check", str(tmp_path / "fsdp"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "loads with stock libraries: peft" in checked.stdout
+
+
+def test_a_killed_fsdp_run_resumes_to_identical_metrics(tiny_model, sentiment_file, tmp_path):
+    extra = ["training.max_steps=18", "evaluation.every_steps=6", "output.checkpoint_every_steps=3"]
+    reference = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "reference", *extra), launcher=launcher("fsdp"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    args = tiny_overrides(tiny_model, sentiment_file, tmp_path, "killed", *extra)
+    kill_after_checkpoints(recipe_command(args, launcher("fsdp")), tmp_path / "killed", count=2)
+    # its optimizer state is keyed by parameter name, not position: an unsharded launch refuses it in one line
+    unsharded = run_recipe(args, launcher=launcher("ddp"))
+    assert unsharded.returncode != 0 and "was written by a sharded (FSDP) run" in unsharded.stderr
+    resumed = run_recipe(args, launcher=launcher("fsdp"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    same = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("reference", "killed")]
+    assert same[0] == same[1]
+
+
+@pytest.mark.parametrize(("override", "named"), [("method=adalora", "method 'adalora'"),
+                                                   ("training.optimizer=adamw_8bit", "training.optimizer 'adamw_8bit'")])
+def test_fsdp_refuses_what_it_cannot_shard_in_one_line(tiny_model, sentiment_file, tmp_path, override, named):
+    result = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "refused", override), launcher=launcher("fsdp"))
+    assert result.returncode != 0
+    assert f"FSDP cannot train with {named}" in result.stderr and not ours_in_traceback(result.stderr)
+    assert not (tmp_path / "refused").exists()
+
+
+def test_deepspeed_is_refused_instead_of_silently_training_ddp(tiny_model, sentiment_file, tmp_path):
+    two = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no"]
+    env = {**RECIPE_ENV, "ACCELERATE_USE_DEEPSPEED": "true"}  # what `accelerate launch --use_deepspeed` sets
+    result = subprocess.run(recipe_command(tiny_overrides(tiny_model, sentiment_file, tmp_path, "ds"), two), capture_output=True,
+                            text=True, timeout=300, env=env, cwd=REPO)
+    assert result.returncode != 0 and "do not run under DeepSpeed" in result.stderr and not ours_in_traceback(result.stderr)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_two_machines_on_loopback_train_one_run(tiny_model, sentiment_file, tmp_path):
+    """Two "machines" of one process each, as `accelerate launch` is run on each node of a cluster."""
+    port = str(free_port())
+    args = tiny_overrides(tiny_model, sentiment_file, tmp_path, "nodes", "training.max_steps=6", "evaluation.every_steps=3")
+    machines = [subprocess.Popen(recipe_command(args, launcher("ddp", "--num_machines", "2", "--machine_rank", str(rank),
+                                                               "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                                                               "--num_processes", "2")),
+                                 env=RECIPE_ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for rank in (0, 1)]
+    outputs = [m.communicate(timeout=300) for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    distributed = manifest(tmp_path / "nodes")["training"]["distributed"]
+    assert distributed["world_size"] == 2 and distributed["machines"] == 2 and distributed["type"] == "MULTI_CPU"
+    assert [p.name for p in tmp_path.iterdir() if not p.is_symlink()] == ["nodes"]  # one run directory, written by machine 0
+    assert "run directory:" in outputs[0][0] and "run directory:" not in outputs[1][0]
+
+
+def test_causal_lm_pretraining_shards_and_saves_the_same_model_as_ddp(tiny_model, tmp_path):
+    from conftest import synthetic_rows
+    from safetensors.torch import load_file
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(r["text"] for r in synthetic_rows(300, seed=4)) + "\n")
+    pretrain = [str(REPO / "recipes" / "pretrain.py"), f"model.name={tiny_model}", f"data.source={corpus}", f"output.dir={tmp_path}",
+                "objective=causal-lm", "from_scratch=gpt2-tiny", "block_size=16", "model.max_length=32", "training.batch_size=16",
+                "training.precision=fp32", "training.max_steps=8", "evaluation.every_steps=4", "training.learning_rate=0.003"]
+    for kind in ("ddp", "fsdp"):
+        result = subprocess.run(launcher(kind) + pretrain + [f"output.name={kind}"], capture_output=True, text=True, timeout=300,
+                                env=RECIPE_ENV, cwd=REPO)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert manifest(tmp_path / "fsdp")["training"]["distributed"]["sharded_parameters"] is True
+    metrics = [json.loads((tmp_path / k / "metrics.json").read_text())["best"] for k in ("ddp", "fsdp")]
+    assert metrics[0]["step"] == metrics[1]["step"] and abs(metrics[0]["loss"] - metrics[1]["loss"]) < 1e-4
+    weights = [load_file(tmp_path / k / "model" / "model.safetensors") for k in ("ddp", "fsdp")]
+    assert weights[0].keys() == weights[1].keys()
+    assert max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0]) < 1e-4
+
+    masked = [a for a in pretrain if not a.startswith(("objective=", "from_scratch=", "block_size="))] + ["output.name=mlm"]
+    refused = subprocess.run(launcher("fsdp") + masked, capture_output=True, text=True, timeout=300, env=RECIPE_ENV, cwd=REPO)
+    assert refused.returncode != 0 and "FSDP cannot train with objective 'masked-lm'" in refused.stderr
