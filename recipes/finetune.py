@@ -75,6 +75,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.run.rundir import create_run_dir, decide_run_start, point_latest, run_name
     from peftstd.sweep.trial import SweepTrial
     from peftstd.tasks import get_task
+    from peftstd.training import sharding
     from peftstd.training.batching import eval_loader, train_loader
     from peftstd.training.distributed import check_world_size, on_main_then_broadcast
     from peftstd.training.dropout import use_packed_dropout
@@ -83,15 +84,6 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps, state_bytes
     from peftstd.training.precision import accelerate_name, resolve_precision
     from peftstd.training.selection import Selection
-    from peftstd.training.sharding import (
-        check_sharding_supported,
-        distributed_setup,
-        enable_cpu_fsdp,
-        refuse_deepspeed,
-        reshard,
-        saved_state,
-        wrap_transformer_layers,
-    )
     from peftstd.training.threads import set_cpu_threads
 
     started = time.time()
@@ -99,15 +91,15 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
 
     # --- Accelerator: device placement, mixed precision, gradient accumulation, DDP -------------
     precision, precision_reason = resolve_precision(cfg.training.precision, torch.cuda.is_available())
-    refuse_deepspeed()
+    sharding.refuse_deepspeed()
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # without it, CPU-only torchrun workers each run alone instead of over gloo
         mixed_precision=accelerate_name(precision),
         gradient_accumulation_steps=cfg.training.gradient_accumulation_steps,
     )
-    enable_cpu_fsdp(accelerator)  # on CPU, Accelerate would silently train plain DDP instead
+    sharding.enable_cpu_fsdp(accelerator)  # on CPU, Accelerate would silently train plain DDP instead
     check_world_size(accelerator.num_processes)
-    check_sharding_supported(accelerator, cfg.method, cfg.model.quantization is not None, cfg.training.optimizer,
+    sharding.check_sharding_supported(accelerator, cfg.method, cfg.model.quantization is not None, cfg.training.optimizer,
                              bool(cfg.regularization.fgm_epsilon))
     threads = set_cpu_threads(cfg.training.cpu_threads, accelerator.num_processes) if accelerator.device.type == "cpu" else None
     set_seed(cfg.training.seed)
@@ -164,10 +156,10 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     train_dl, epoch_generator = train_loader(encoded["train"], collator, cfg.training.batch_size, cfg.training.group_by_length)
     val_dl, val_order = eval_loader(encoded["validation"], collator, cfg.evaluation.batch_size)
     test_dl, test_order = eval_loader(encoded["test"], collator, cfg.evaluation.batch_size)
-    wrap_transformer_layers(accelerator, model)
+    sharding.wrap_transformer_layers(accelerator, model)
     model, optimizer, train_dl, val_dl, test_dl = accelerator.prepare(model, optimizer, train_dl, val_dl, test_dl)
     unwrapped = accelerator.unwrap_model(model)
-    distributed = distributed_setup(accelerator, model)  # what the launch actually gave, not what it asked for
+    distributed = sharding.distributed_setup(accelerator, model)  # what the launch actually gave, not what it asked for
     fgm = FGM(unwrapped, regularization.fgm_epsilon) if regularization.fgm_epsilon else None
 
     # --- Model FLOPs: one step counted on a batch of the training split (RNG untouched), and the matmul peak -----
@@ -262,9 +254,9 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                 if sweep_trial:
                     pruned = on_main_then_broadcast(accelerator, lambda at=step, value=metrics[selection.metric]: sweep_trial.should_prune(at, value))
                 if improved:
-                    reshard(model)  # an FSDP model's parameters are read in their sharded form
+                    sharding.reshard(model)  # an FSDP model's parameters are read in their sharded form
                     best_snapshot = method.snapshot(unwrapped)
-                    weights = saved_state(accelerator, model)  # collective when sharded
+                    weights = sharding.saved_state(accelerator, model)  # collective when sharded
                     if is_main:
                         atomic.replace_dir(run_dir / "checkpoints" / "best", lambda d, w=weights: method.save(unwrapped, d, w))
                 if is_main:
@@ -287,7 +279,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     history, train_seconds = state.history, state.train_seconds
 
     # --- Final model: best checkpoint, evaluated on the test split in float32 ------------------------
-    reshard(model)
+    sharding.reshard(model)
     method.restore(unwrapped, best_snapshot)
     # test_outputs: logits, or a task's own outputs (QA: answers; generative tasks: `Generations`, set below)
     test_metrics, test_outputs, test_labels = evaluate(model, test_dl, test_order, accelerator, task, autocast=False)
@@ -297,7 +289,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
         test_metrics.update({k: v for k, v in test_outputs.scores["fine-tuned"].items() if k != "prompts"})
 
     # --- Run directory: weights, metrics, predictions, report, manifest ------------------------------
-    weights = saved_state(accelerator, model)  # collective when sharded
+    weights = sharding.saved_state(accelerator, model)  # collective when sharded
     if is_main:
         weights_dir = run_dir / method.weights_dir
         atomic.replace_dir(weights_dir, lambda d: (method.save(unwrapped, d, weights), tokenizer.save_pretrained(d)))

@@ -71,31 +71,23 @@ def pretrain(cfg: PretrainConfig, config_path: str, resume_requested: bool = Fal
     from peftstd.run.checkpoints import Checkpoints, TrainerState, checkpoint_due_by_time
     from peftstd.run.report import plot_curves
     from peftstd.run.rundir import decide_run_start, point_latest, run_name
+    from peftstd.training import sharding
     from peftstd.training.batching import train_loader
     from peftstd.training.distributed import check_world_size, on_main_then_broadcast
     from peftstd.training.dropout import use_packed_dropout
     from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps, state_bytes
     from peftstd.training.precision import accelerate_name, resolve_precision
-    from peftstd.training.sharding import (
-        check_sharding_supported,
-        distributed_setup,
-        enable_cpu_fsdp,
-        refuse_deepspeed,
-        reshard,
-        saved_state,
-        wrap_transformer_layers,
-    )
     from peftstd.training.threads import set_cpu_threads
 
     started = time.time()
     precision, precision_reason = resolve_precision(cfg.training.precision, torch.cuda.is_available())
-    refuse_deepspeed()
+    sharding.refuse_deepspeed()
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=accelerate_name(precision),
                               gradient_accumulation_steps=cfg.training.gradient_accumulation_steps)
-    enable_cpu_fsdp(accelerator)  # on CPU, Accelerate would silently train plain DDP instead
+    sharding.enable_cpu_fsdp(accelerator)  # on CPU, Accelerate would silently train plain DDP instead
     check_world_size(accelerator.num_processes)
     # LoRA is folded into the weights at the end, which a sharded model cannot do in place
-    check_sharding_supported(accelerator, cfg.method, optimizer=cfg.training.optimizer, methods=("full",), objective=cfg.objective)
+    sharding.check_sharding_supported(accelerator, cfg.method, optimizer=cfg.training.optimizer, methods=("full",), objective=cfg.objective)
     threads = set_cpu_threads(cfg.training.cpu_threads, accelerator.num_processes) if accelerator.device.type == "cpu" else None
     set_seed(cfg.training.seed)
     is_main = accelerator.is_main_process
@@ -132,10 +124,10 @@ def pretrain(cfg: PretrainConfig, config_path: str, resume_requested: bool = Fal
     optimizer = build_optimizer(model, learning_rate, cfg.training.weight_decay, cfg.training.optimizer)
     scheduler = build_scheduler(optimizer, cfg.training.scheduler, total_steps, cfg.training.warmup_ratio)
     train_dl, epoch_generator = train_loader(train, collator, cfg.training.batch_size, cfg.training.group_by_length)
-    wrap_transformer_layers(accelerator, model)
+    sharding.wrap_transformer_layers(accelerator, model)
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     unwrapped = accelerator.unwrap_model(model)
-    distributed = distributed_setup(accelerator, model)  # what the launch actually gave, not what it asked for
+    distributed = sharding.distributed_setup(accelerator, model)  # what the launch actually gave, not what it asked for
     parameters = parameter_counts(unwrapped)
 
     # --- The starting point, scored on the same validation masks as every later evaluation ---------
@@ -197,7 +189,7 @@ def pretrain(cfg: PretrainConfig, config_path: str, resume_requested: bool = Fal
                 history["validation"].append({"step": step, **metrics})
                 if metrics["loss"] < best["loss"]:
                     best = state.selection = {"step": step, **metrics}
-                    reshard(model)  # an FSDP model's parameters are read in their sharded form
+                    sharding.reshard(model)  # an FSDP model's parameters are read in their sharded form
                     best_state = method.snapshot(unwrapped)
                 if is_main:
                     progress.write(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -215,9 +207,9 @@ def pretrain(cfg: PretrainConfig, config_path: str, resume_requested: bool = Fal
 
     # --- Run directory: the best weights as a plain transformers folder, metrics, manifest ----------
     if best_state is not None:
-        reshard(model)
+        sharding.reshard(model)
         method.restore(unwrapped, best_state)
-    weights = saved_state(accelerator, model)  # gathered whole when sharded (a collective), else None
+    weights = sharding.saved_state(accelerator, model)  # gathered whole when sharded (a collective), else None
     if is_main:
         final = merge_for_saving(unwrapped, cfg)
         atomic.replace_dir(run_dir / "model", lambda d: (final.save_pretrained(d, safe_serialization=True, state_dict=weights),

@@ -11,8 +11,9 @@
         trainer_state.json      step, epoch, batches consumed in the epoch, history, selection
         checksums.json          sha256 of each file above; written last, so its presence marks completeness
 
-Only rank 0 writes; a sharded (FSDP) model's tensors are gathered to it first. A checkpoint is built in a temporary folder and renamed into place; a torn or
-corrupted checkpoint (missing or mismatching checksums) is never loaded.
+Only rank 0 writes; a sharded (FSDP) model's tensors are gathered to it first. A checkpoint is built in a
+temporary folder and renamed into place; a torn or corrupted checkpoint (missing or mismatching checksums) is never
+loaded.
 """
 
 from __future__ import annotations
