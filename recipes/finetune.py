@@ -100,7 +100,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     sharding.enable_cpu_fsdp(accelerator)  # on CPU, Accelerate would silently train plain DDP instead
     check_world_size(accelerator.num_processes)
     sharding.check_sharding_supported(accelerator, cfg.method, cfg.model.quantization is not None, cfg.training.optimizer,
-                             bool(cfg.regularization.fgm_epsilon))
+                                      bool(cfg.regularization.fgm_epsilon))
     threads = set_cpu_threads(cfg.training.cpu_threads, accelerator.num_processes) if accelerator.device.type == "cpu" else None
     set_seed(cfg.training.seed)
     is_main = accelerator.is_main_process

@@ -25,8 +25,8 @@ class LoraSection(Section):
     )
     init: Literal["default", "loftq"] = Field(
         "default", description="LoRA initialization: default (B = 0, training starts from the base model) or loftq (4-bit "
-        "bases only: A and B set so that base + adapter reproduce the float weights, one LoftQ step with peft's "
-        "replace_lora_weights_loftq; recovers part of what quantization costs before training starts).")
+        "bases only: A and B set so that base + adapter reproduce the float weights as closely as rank r allows, one "
+        "LoftQ step; recovers part of what quantization costs before training starts).")
 
 
 class PeftMethod(Method):
@@ -75,11 +75,11 @@ def keep_4bit_layers_trainable(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def loftq_init(model) -> int:
+def loftq_init(model) -> None:
     """One LoftQ step (Li et al. 2023) on a 4-bit base: each LoRA pair becomes the best rank-r approximation of what
     quantization lost (float weight minus dequantized weight), so that base + adapter start at the float model, not at
     the quantized one. Written here because peft's `replace_lora_weights_loftq` computes on CUDA or XPU only. The
-    float weights are read one tensor at a time from the base folder's safetensors files. Returns the layers set."""
+    float weights are read one tensor at a time from the base folder's safetensors files."""
     import bitsandbytes as bnb
     import torch
     from peft.tuners.lora import Linear4bit
@@ -90,7 +90,7 @@ def loftq_init(model) -> int:
     for file in sorted(Path(base.config._name_or_path).glob("*.safetensors")):
         with safe_open(str(file), "pt") as weights:
             files.update(dict.fromkeys(weights.keys(), file))
-    prefix, replaced = base.base_model_prefix, 0
+    prefix = base.base_model_prefix
     for name, module in model.named_modules():
         if not isinstance(module, Linear4bit):
             continue
@@ -108,8 +108,6 @@ def loftq_init(model) -> int:
             lora_a, lora_b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
             lora_a.data = (root[:, None] * vh[:rank]).to(lora_a.dtype)
             lora_b.data = (u[:, :rank] * root / module.scaling[adapter]).to(lora_b.dtype)  # the forward multiplies by scaling
-        replaced += 1
-    return replaced
 
 
 @register

@@ -143,19 +143,22 @@ def saved_state(accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] 
     return {key: value for key, value in state.items() if key not in tied}
 
 
-def load_full_state(model: torch.nn.Module, values: dict[str, torch.Tensor]) -> None:
-    """Copy whole tensors into the model's parameters, each rank keeping its own shard when sharded."""
+def _placed_like(value: torch.Tensor, parameter: torch.Tensor | None) -> torch.Tensor:
+    """A whole tensor split like `parameter` when that is a shard (this rank keeps its own part), else as it is."""
+    if not isinstance(parameter, _dtensor()):
+        return value
     from torch.distributed.tensor import distribute_tensor
 
+    return distribute_tensor(value.to(parameter.dtype), parameter.device_mesh, parameter.placements)
+
+
+def load_full_state(model: torch.nn.Module, values: dict[str, torch.Tensor]) -> None:
+    """Copy whole tensors into the model's parameters, each rank keeping its own shard when sharded."""
     reshard(model)
-    DTensor = _dtensor()
     parameters = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in values.items():
-            target = parameters[name]
-            if isinstance(target, DTensor):
-                value = distribute_tensor(value.to(target.dtype), target.device_mesh, target.placements)
-            target.copy_(value)
+            parameters[name].copy_(_placed_like(value, parameters[name]))
 
 
 def whole(tree: Any) -> Any:
@@ -167,16 +170,11 @@ def whole(tree: Any) -> Any:
 
 def sharded_like(snapshot: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
     """A method snapshot saved whole, its `weights` sharded again like the model's parameters."""
-    from torch.distributed.tensor import distribute_tensor
-
-    reshard(model)
-    DTensor = _dtensor()
-    parameters = dict(model.named_parameters())
     if not snapshot or not isinstance(snapshot.get("weights"), dict):
         return snapshot
-    weights = {name: distribute_tensor(value, parameters[name].device_mesh, parameters[name].placements)
-               if isinstance(parameters.get(name), DTensor) else value for name, value in snapshot["weights"].items()}
-    return {**snapshot, "weights": weights}
+    reshard(model)
+    parameters = dict(model.named_parameters())
+    return {**snapshot, "weights": {name: _placed_like(value, parameters.get(name)) for name, value in snapshot["weights"].items()}}
 
 
 def optimizer_state(model: torch.nn.Module, optimizer) -> dict[str, Any]:
