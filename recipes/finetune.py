@@ -5,6 +5,7 @@
     accelerate launch recipes/finetune.py --config recipes/configs/minilm_adalora_sentiment.yaml training.epochs=2
     accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/finetune.py ...    # 2 processes (gloo on CPU)
     accelerate launch --config_file recipes/accelerate/fsdp.yaml recipes/finetune.py ...   # 2 processes, fully sharded
+    accelerate launch --config_file recipes/accelerate/deepspeed_zero3.yaml recipes/finetune.py ...   # DeepSpeed ZeRO-3
 
 Reads top to bottom: config -> data -> model and method -> training loop -> test -> run directory.
 Only rank 0 writes the run directory.
@@ -82,7 +83,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.training.evaluate import evaluate
     from peftstd.training.flops import matmul_peak, training_flops_per_token, utilization
     from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps, state_bytes
-    from peftstd.training.precision import accelerate_name, resolve_precision
+    from peftstd.training.precision import resolve_precision
     from peftstd.training.selection import Selection
     from peftstd.training.threads import set_cpu_threads
 
@@ -91,13 +92,10 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
 
     # --- Accelerator: device placement, mixed precision, gradient accumulation, DDP -------------
     precision, precision_reason = resolve_precision(cfg.training.precision, torch.cuda.is_available())
-    sharding.refuse_deepspeed()
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),  # without it, CPU-only torchrun workers each run alone instead of over gloo
-        mixed_precision=accelerate_name(precision),
-        gradient_accumulation_steps=cfg.training.gradient_accumulation_steps,
-    )
+    # cpu, mixed precision and process group as the launch needs them (DeepSpeed on CPU: gloo, autocast in the engine)
+    accelerator = Accelerator(**sharding.accelerator_options(precision), gradient_accumulation_steps=cfg.training.gradient_accumulation_steps)
     sharding.enable_cpu_fsdp(accelerator)  # on CPU, Accelerate would silently train plain DDP instead
+    sharding.configure_deepspeed(accelerator, precision, cfg.training.max_grad_norm)
     check_world_size(accelerator.num_processes)
     sharding.check_sharding_supported(accelerator, cfg.method, cfg.model.quantization is not None, cfg.training.optimizer,
                                       bool(cfg.regularization.fgm_epsilon))
@@ -139,11 +137,12 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
 
     # --- Model, task head and fine-tuning method ----------------------------------------------------
     dropout = dropout_overrides(model_config, regularization.dropout)
-    model = method.load_base(task, base.path, labels, cfg.model.quantization, **dropout)
-    base_weight_bytes = weight_bytes(model)
-    if cfg.training.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = method.apply(model, cfg.method_section(), Wrapping(task.peft_task_type, task.head_modules(model), total_steps))
+    with sharding.whole_at_load(accelerator):
+        model = method.load_base(task, base.path, labels, cfg.model.quantization, **dropout)
+        base_weight_bytes = weight_bytes(model)
+        if cfg.training.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = method.apply(model, cfg.method_section(), Wrapping(task.peft_task_type, task.head_modules(model), total_steps))
     packed_dropouts = use_packed_dropout(model) if cfg.training.cpu_dropout == "packed" and accelerator.device.type == "cpu" else 0
     parameters = parameter_counts(model)
 
@@ -156,16 +155,21 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     train_dl, epoch_generator = train_loader(encoded["train"], collator, cfg.training.batch_size, cfg.training.group_by_length)
     val_dl, val_order = eval_loader(encoded["validation"], collator, cfg.evaluation.batch_size)
     test_dl, test_order = eval_loader(encoded["test"], collator, cfg.evaluation.batch_size)
+    # --- Model FLOPs: one step counted on a batch of the training split (RNG untouched), on the prepared model,
+    #     except under DeepSpeed, whose gradient hooks would keep that step's gradients for the first real one
+    def count_flops(counted):
+        sample = {k: v.to(next(counted.parameters()).device) if hasattr(v, "to") else v
+                  for k, v in collator(encoded["train"].features[: cfg.training.batch_size]).items()}
+        return training_flops_per_token(counted, sample, lambda m, b: task.loss(m, b, regularization.label_smoothing))
+
+    flops_per_token = count_flops(model) if sharding.requested() == "deepspeed" else None
     sharding.wrap_transformer_layers(accelerator, model)
     model, optimizer, train_dl, val_dl, test_dl = accelerator.prepare(model, optimizer, train_dl, val_dl, test_dl)
     unwrapped = accelerator.unwrap_model(model)
     distributed = sharding.distributed_setup(accelerator, model)  # what the launch actually gave, not what it asked for
     fgm = FGM(unwrapped, regularization.fgm_epsilon) if regularization.fgm_epsilon else None
-
-    # --- Model FLOPs: one step counted on a batch of the training split (RNG untouched), and the matmul peak -----
-    sample = {k: v.to(accelerator.device) if hasattr(v, "to") else v
-              for k, v in collator(encoded["train"].features[: cfg.training.batch_size]).items()}
-    flops_per_token = training_flops_per_token(model, sample, lambda m, b: task.loss(m, b, regularization.label_smoothing))
+    if flops_per_token is None:
+        flops_per_token = count_flops(model)
     peak = matmul_peak(torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32,
                        torch.get_num_threads(), accelerator.device) * accelerator.num_processes
 
@@ -255,7 +259,8 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                     pruned = on_main_then_broadcast(accelerator, lambda at=step, value=metrics[selection.metric]: sweep_trial.should_prune(at, value))
                 if improved:
                     sharding.reshard(model)  # an FSDP model's parameters are read in their sharded form
-                    best_snapshot = method.snapshot(unwrapped)
+                    with sharding.gathered(unwrapped):  # ZeRO-3's are gathered whole
+                        best_snapshot = method.snapshot(unwrapped)
                     weights = sharding.saved_state(accelerator, model)  # collective when sharded
                     if is_main:
                         atomic.replace_dir(run_dir / "checkpoints" / "best", lambda d, w=weights: method.save(unwrapped, d, w))
@@ -280,9 +285,11 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
 
     # --- Final model: best checkpoint, evaluated on the test split in float32 ------------------------
     sharding.reshard(model)
-    method.restore(unwrapped, best_snapshot)
+    with sharding.gathered(unwrapped, modify=True):
+        method.restore(unwrapped, best_snapshot)
     # test_outputs: logits, or a task's own outputs (QA: answers; generative tasks: `Generations`, set below)
-    test_metrics, test_outputs, test_labels = evaluate(model, test_dl, test_order, accelerator, task, autocast=False)
+    test_metrics, test_outputs, test_labels = evaluate(sharding.float32_module(model), test_dl, test_order, accelerator, task,
+                                                       autocast=False)
     if generative:
         tuned_texts = task.generate(unwrapped, tokenizer, generation_rows, cfg.generation, cfg.model.max_length, cfg.training.seed)
         test_outputs = task.scored_generations({"base model": base_texts, "fine-tuned": tuned_texts}, generation_rows)

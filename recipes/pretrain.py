@@ -76,15 +76,15 @@ def pretrain(cfg: PretrainConfig, config_path: str, resume_requested: bool = Fal
     from peftstd.training.distributed import check_world_size, on_main_then_broadcast
     from peftstd.training.dropout import use_packed_dropout
     from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps, state_bytes
-    from peftstd.training.precision import accelerate_name, resolve_precision
+    from peftstd.training.precision import resolve_precision
     from peftstd.training.threads import set_cpu_threads
 
     started = time.time()
     precision, precision_reason = resolve_precision(cfg.training.precision, torch.cuda.is_available())
-    sharding.refuse_deepspeed()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=accelerate_name(precision),
-                              gradient_accumulation_steps=cfg.training.gradient_accumulation_steps)
+    # cpu, mixed precision and process group as the launch needs them (DeepSpeed on CPU: gloo, autocast in the engine)
+    accelerator = Accelerator(**sharding.accelerator_options(precision), gradient_accumulation_steps=cfg.training.gradient_accumulation_steps)
     sharding.enable_cpu_fsdp(accelerator)  # on CPU, Accelerate would silently train plain DDP instead
+    sharding.configure_deepspeed(accelerator, precision, cfg.training.max_grad_norm)
     check_world_size(accelerator.num_processes)
     # LoRA is folded into the weights at the end, which a sharded model cannot do in place
     sharding.check_sharding_supported(accelerator, cfg.method, optimizer=cfg.training.optimizer, methods=("full",), objective=cfg.objective)
@@ -115,7 +115,8 @@ def pretrain(cfg: PretrainConfig, config_path: str, resume_requested: bool = Fal
     )
 
     # --- Model: continued from `model`, or random weights of a preset / config file ---------------
-    model, started_from = build_model(cfg, base.path, tokenizer, total_steps)
+    with sharding.whole_at_load(accelerator):
+        model, started_from = build_model(cfg, base.path, tokenizer, total_steps)
     if cfg.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     packed_dropouts = use_packed_dropout(model) if cfg.training.cpu_dropout == "packed" and accelerator.device.type == "cpu" else 0
@@ -190,7 +191,8 @@ def pretrain(cfg: PretrainConfig, config_path: str, resume_requested: bool = Fal
                 if metrics["loss"] < best["loss"]:
                     best = state.selection = {"step": step, **metrics}
                     sharding.reshard(model)  # an FSDP model's parameters are read in their sharded form
-                    best_state = method.snapshot(unwrapped)
+                    with sharding.gathered(unwrapped):  # ZeRO-3's are gathered whole
+                        best_state = method.snapshot(unwrapped)
                 if is_main:
                     progress.write(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             minutes_due = checkpoint_due_by_time(cfg.output.checkpoint_every_minutes, last_checkpoint_time, accelerator)
@@ -208,7 +210,8 @@ def pretrain(cfg: PretrainConfig, config_path: str, resume_requested: bool = Fal
     # --- Run directory: the best weights as a plain transformers folder, metrics, manifest ----------
     if best_state is not None:
         sharding.reshard(model)
-        method.restore(unwrapped, best_state)
+        with sharding.gathered(unwrapped, modify=True):
+            method.restore(unwrapped, best_state)
     weights = sharding.saved_state(accelerator, model)  # gathered whole when sharded (a collective), else None
     if is_main:
         final = merge_for_saving(unwrapped, cfg)

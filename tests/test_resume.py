@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.utils import DistributedType
 from conftest import kill_after_checkpoints, recipe_command, run_recipe, tiny_overrides
 from safetensors.torch import load_file
 
@@ -66,7 +67,7 @@ def test_resume_flag_without_unfinished_run_is_a_one_line_error(tmp_path):
 
 
 class SingleProcess:
-    is_main_process, num_processes, process_index, scaler = True, 1, 0, None
+    is_main_process, num_processes, process_index, scaler, distributed_type = True, 1, 0, None, DistributedType.NO
 
     def wait_for_everyone(self):
         pass

@@ -1,9 +1,11 @@
-"""Sharded (FSDP2) and multi-machine training with the shipped Accelerate configs, for real on CPU over gloo.
+"""Sharded (FSDP2, DeepSpeed ZeRO-2/3) and multi-machine training with the shipped Accelerate configs, for real on
+CPU over gloo.
 
-Accelerate alone turns `--use_fsdp` into plain DDP on a CPU-only machine; these tests check that the recipe got
-parameters that are really sharded (`DTensor`s, FSDP's module class), that what it saves is the stock one-process
-format and matches a DDP run of the same data, that a killed sharded run resumes to identical metrics, and that
-two "machines" of one process each on 127.0.0.1 train one run.
+Accelerate alone turns `--use_fsdp` into plain DDP on a CPU-only machine and does not start DeepSpeed there; these
+tests check that the recipe got what the config asks for (FSDP's `DTensor` shards and module class, DeepSpeed's
+engine and ZeRO stage), that what it saves is the stock one-process format and matches a one-process run of the
+same data, that a killed sharded run resumes to identical metrics, and that two "machines" of one process each on
+127.0.0.1 train one run.
 """
 
 from __future__ import annotations
@@ -35,32 +37,44 @@ def manifest(run: Path) -> dict:
     return json.loads((run / "manifest.json").read_text())
 
 
-def test_fsdp_shards_on_cpu_saves_the_stock_format_and_matches_one_process(tiny_model, sentiment_file, tmp_path):
-    """One process at batch 32, DDP and FSDP at 16 per process: the same examples per step (no length grouping, whose
-    mega-batches depend on the batch size; no dropout, whose masks depend on the split), so the same model."""
+SHARDED = ("fsdp", "deepspeed_zero2", "deepspeed_zero3")
+
+
+def test_sharded_training_on_cpu_saves_the_stock_format_and_matches_one_process(tiny_model, sentiment_file, tmp_path):
+    """One process at batch 32, DDP, FSDP and DeepSpeed ZeRO-2/3 at 16 per process: the same examples per step (no
+    length grouping, whose mega-batches depend on the batch size; no dropout, whose masks depend on the split), so
+    the same model."""
     from safetensors.torch import load_file
 
     same = [*LEARN, "training.group_by_length=false", "regularization.dropout=0", "lora.dropout=0"]
     one = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "one", *same, "training.batch_size=32"))
     assert one.returncode == 0, one.stderr[-3000:]
-    for kind in ("ddp", "fsdp"):
+    banners = {}
+    for kind in ("ddp", *SHARDED):
         result = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, kind, *same), launcher=launcher(kind))
         assert result.returncode == 0, result.stderr[-3000:]
-    assert "FSDP (" in result.stdout + result.stderr  # the banner says what the run got
-    ddp, fsdp = (manifest(tmp_path / k)["training"]["distributed"] for k in ("ddp", "fsdp"))
-    assert ddp == {"requested": "ddp", "type": "MULTI_CPU", "wrapper": "DistributedDataParallel", "sharded_parameters": False,
-                   "shard_units": 0, "world_size": 2, "machines": 1}
+        banners[kind] = result.stdout + result.stderr
+    assert "FSDP (" in banners["fsdp"] and "DeepSpeed ZeRO-3 (DeepSpeedEngine)" in banners["deepspeed_zero3"]  # what the run got
+    got = {k: manifest(tmp_path / k)["training"]["distributed"] for k in ("ddp", *SHARDED)}
+    assert got["ddp"] == {"requested": "ddp", "type": "MULTI_CPU", "wrapper": "DistributedDataParallel", "layout": None,
+                          "sharded_parameters": False, "shard_units": 0, "world_size": 2, "machines": 1}
+    fsdp = got["fsdp"]
     assert fsdp["requested"] == "fsdp" and fsdp["type"] == "FSDP" and fsdp["sharded_parameters"] is True
-    assert fsdp["wrapper"].startswith("FSDP") and fsdp["world_size"] == 2
+    assert fsdp["wrapper"].startswith("FSDP") and fsdp["world_size"] == 2 and fsdp["layout"] == "fsdp"
     assert fsdp["shard_units"] >= 3  # the whole model and each of the 2 BertLayers (BERT declares no _no_split_modules)
+    for stage, sharded_parameters in ((2, False), (3, True)):  # ZeRO-2 splits optimizer state and gradients only
+        assert got[f"deepspeed_zero{stage}"] == {"requested": "deepspeed", "type": "DEEPSPEED", "wrapper": "DeepSpeedEngine",
+                                                 "layout": f"zero-{stage}", "sharded_parameters": sharded_parameters,
+                                                 "shard_units": 0, "world_size": 2, "machines": 1}
 
     # the same model as one process, up to the order of floating-point sums
-    weights = {k: load_file(tmp_path / k / "adapter" / "adapter_model.safetensors") for k in ("one", "ddp", "fsdp")}
+    weights = {k: load_file(tmp_path / k / "adapter" / "adapter_model.safetensors") for k in ("one", "ddp", *SHARDED)}
     assert any("lora_A" in k for k in weights["one"])
-    assert all(value.abs().max() > 1e-3 for key, value in weights["fsdp"].items() if "lora_B" in key)  # trained (B starts at 0)
+    for kind in SHARDED:  # trained (B starts at 0)
+        assert all(value.abs().max() > 1e-3 for key, value in weights[kind].items() if "lora_B" in key), kind
     predictions = {k: [json.loads(line) for line in (tmp_path / k / "predictions" / "test.jsonl").read_text().splitlines()]
                    for k in weights}
-    for kind in ("ddp", "fsdp"):
+    for kind in ("ddp", *SHARDED):
         assert weights[kind].keys() == weights["one"].keys()
         for key, value in weights["one"].items():
             assert (value - weights[kind][key]).abs().max() < 1e-5, (kind, key)
@@ -68,44 +82,56 @@ def test_fsdp_shards_on_cpu_saves_the_stock_format_and_matches_one_process(tiny_
         assert max(abs(a - b) for p, q in zip(predictions[kind], predictions["one"]) for a, b in zip(p["logits"], q["logits"])) < 1e-5
 
     # stock transformers + peft in one process reload the adapter and reproduce the run's own test predictions
-    checked = peftstd("check", str(tmp_path / "fsdp"))
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "loads with stock libraries: peft" in checked.stdout
+    for kind in ("fsdp", "deepspeed_zero3"):
+        checked = peftstd("check", str(tmp_path / kind))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "loads with stock libraries: peft" in checked.stdout
 
 
-def test_a_killed_fsdp_run_resumes_to_identical_metrics(tiny_model, sentiment_file, tmp_path):
+@pytest.mark.parametrize(("config", "layout"), [("fsdp", "FSDP"), ("deepspeed_zero2", "ZERO-2"), ("deepspeed_zero3", "ZERO-3")])
+def test_a_killed_sharded_run_resumes_to_identical_metrics(tiny_model, sentiment_file, tmp_path, config, layout):
     extra = ["training.max_steps=18", "evaluation.every_steps=6", "output.checkpoint_every_steps=3"]
-    reference = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "reference", *extra), launcher=launcher("fsdp"))
+    reference = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "reference", *extra), launcher=launcher(config))
     assert reference.returncode == 0, reference.stderr[-3000:]
     args = tiny_overrides(tiny_model, sentiment_file, tmp_path, "killed", *extra)
-    kill_after_checkpoints(recipe_command(args, launcher("fsdp")), tmp_path / "killed", count=2)
-    # its optimizer state is keyed by parameter name, not position: an unsharded launch refuses it in one line
+    kill_after_checkpoints(recipe_command(args, launcher(config)), tmp_path / "killed", count=2)
+    # its optimizer state is keyed by name (FSDP) or split per rank (ZeRO): an unsharded launch refuses it in one line
     unsharded = run_recipe(args, launcher=launcher("ddp"))
-    assert unsharded.returncode != 0 and "was written by a sharded (FSDP) run" in unsharded.stderr
-    resumed = run_recipe(args, launcher=launcher("fsdp"))
+    assert unsharded.returncode != 0 and f"was written by a sharded ({layout}) run" in unsharded.stderr
+    resumed = run_recipe(args, launcher=launcher(config))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr
     same = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("reference", "killed")]
     assert same[0] == same[1]
 
 
-@pytest.mark.parametrize(("override", "named"), [("method=adalora", "method 'adalora'"),
-                                                   ("training.optimizer=adamw_8bit", "training.optimizer 'adamw_8bit'")])
-def test_fsdp_refuses_what_it_cannot_shard_in_one_line(tiny_model, sentiment_file, tmp_path, override, named):
-    result = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "refused", override), launcher=launcher("fsdp"))
+@pytest.mark.parametrize(("config", "override", "refusal"), [
+    ("fsdp", "method=adalora", "FSDP cannot train with method 'adalora'"),
+    ("fsdp", "training.optimizer=adamw_8bit", "FSDP cannot train with training.optimizer 'adamw_8bit'"),
+    ("deepspeed_zero2", "method=adalora", "DeepSpeed cannot train with method 'adalora'"),
+    ("deepspeed_zero2", "training.max_grad_norm=0.5", "DeepSpeed cannot train with the launch's gradient_clipping 1.0 "
+                                                      "(training.max_grad_norm is 0.5)"),
+    ("deepspeed_zero3", "training.precision=fp16", "training.precision fp16 does not run under DeepSpeed"),
+])
+def test_sharded_launches_refuse_what_they_cannot_do_in_one_line(tiny_model, sentiment_file, tmp_path, config, override, refusal):
+    extra = ["--gradient_clipping", "1.0"] if "max_grad_norm" in override else []  # DeepSpeed's clipping set at launch
+    result = run_recipe(tiny_overrides(tiny_model, sentiment_file, tmp_path, "refused", override), launcher=launcher(config, *extra))
     assert result.returncode != 0
-    assert f"FSDP cannot train with {named}" in result.stderr and not ours_in_traceback(result.stderr)
+    assert refusal in result.stderr and not ours_in_traceback(result.stderr)
     assert not (tmp_path / "refused").exists()
 
 
-def test_deepspeed_is_refused_instead_of_silently_training_ddp(tiny_model, sentiment_file, tmp_path):
-    two = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no"]
-    env = {**RECIPE_ENV, "ACCELERATE_USE_DEEPSPEED": "true"}  # what `accelerate launch --use_deepspeed` sets
-    result = subprocess.run(recipe_command(tiny_overrides(tiny_model, sentiment_file, tmp_path, "ds"), two), capture_output=True,
-                            text=True, timeout=300, env=env, cwd=REPO)
-    assert result.returncode != 0 and "do not run under DeepSpeed" in result.stderr and not ours_in_traceback(result.stderr)
-    assert not (tmp_path / "ds").exists()
+def test_a_deepspeed_launch_without_deepspeed_installed_is_one_line(monkeypatch):
+    import importlib.util
+
+    from peftstd.errors import UserError
+    from peftstd.training import sharding
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch --use_deepspeed` sets
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    with pytest.raises(UserError, match=r"asks for DeepSpeed, which is not installed: pip install 'peftstd\[deepspeed\]'"):
+        sharding.accelerator_options("fp32")
 
 
 def test_two_machines_on_loopback_train_one_run(tiny_model, sentiment_file, tmp_path):
@@ -125,7 +151,7 @@ def test_two_machines_on_loopback_train_one_run(tiny_model, sentiment_file, tmp_
     assert "run directory:" in outputs[0][0] and "run directory:" not in outputs[1][0]
 
 
-def test_causal_lm_pretraining_shards_and_saves_the_same_model_as_ddp(tiny_model, tmp_path):
+def test_pretraining_shards_and_saves_the_same_model_as_ddp(tiny_model, tmp_path):
     from conftest import synthetic_rows
     from safetensors.torch import load_file
 
@@ -134,17 +160,28 @@ def test_causal_lm_pretraining_shards_and_saves_the_same_model_as_ddp(tiny_model
     pretrain = [str(REPO / "recipes" / "pretrain.py"), f"model.name={tiny_model}", f"data.source={corpus}", f"output.dir={tmp_path}",
                 "objective=causal-lm", "from_scratch=gpt2-tiny", "block_size=16", "model.max_length=32", "training.batch_size=16",
                 "training.precision=fp32", "training.max_steps=8", "evaluation.every_steps=4", "training.learning_rate=0.003"]
-    for kind in ("ddp", "fsdp"):
+    kinds = ("ddp", "fsdp", "deepspeed_zero3")
+    for kind in kinds:
         result = subprocess.run(launcher(kind) + pretrain + [f"output.name={kind}"], capture_output=True, text=True, timeout=300,
                                 env=RECIPE_ENV, cwd=REPO)
         assert result.returncode == 0, result.stderr[-3000:]
-    assert manifest(tmp_path / "fsdp")["training"]["distributed"]["sharded_parameters"] is True
-    metrics = [json.loads((tmp_path / k / "metrics.json").read_text())["best"] for k in ("ddp", "fsdp")]
-    assert metrics[0]["step"] == metrics[1]["step"] and abs(metrics[0]["loss"] - metrics[1]["loss"]) < 1e-4
-    weights = [load_file(tmp_path / k / "model" / "model.safetensors") for k in ("ddp", "fsdp")]
-    assert weights[0].keys() == weights[1].keys()
-    assert max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0]) < 1e-4
+    for kind in kinds[1:]:
+        assert manifest(tmp_path / kind)["training"]["distributed"]["sharded_parameters"] is True
+    metrics = {k: json.loads((tmp_path / k / "metrics.json").read_text())["best"] for k in kinds}
+    weights = {k: load_file(tmp_path / k / "model" / "model.safetensors") for k in kinds}
+    for kind in kinds[1:]:
+        assert metrics[kind]["step"] == metrics["ddp"]["step"] and abs(metrics[kind]["loss"] - metrics["ddp"]["loss"]) < 1e-4
+        assert weights[kind].keys() == weights["ddp"].keys()
+        assert max(float((weights[kind][k] - weights["ddp"][k]).abs().max()) for k in weights["ddp"]) < 1e-4, kind
 
-    masked = [a for a in pretrain if not a.startswith(("objective=", "from_scratch=", "block_size="))] + ["output.name=mlm"]
-    refused = subprocess.run(launcher("fsdp") + masked, capture_output=True, text=True, timeout=300, env=RECIPE_ENV, cwd=REPO)
+    masked = [a for a in pretrain if not a.startswith(("objective=", "from_scratch=", "block_size="))]
+    refused = subprocess.run(launcher("fsdp") + masked + ["output.name=mlm"], capture_output=True, text=True, timeout=300,
+                             env=RECIPE_ENV, cwd=REPO)
     assert refused.returncode != 0 and "FSDP cannot train with objective 'masked-lm'" in refused.stderr
+    # DeepSpeed does train masked-LM (BERT's decoder is tied to the embeddings): the same model as DDP
+    for kind in ("ddp", "deepspeed_zero3"):
+        result = subprocess.run(launcher(kind) + masked + [f"output.name=mlm-{kind}"], capture_output=True, text=True, timeout=300,
+                                env=RECIPE_ENV, cwd=REPO)
+        assert result.returncode == 0, result.stderr[-3000:]
+    ddp, zero3 = (load_file(tmp_path / f"mlm-{k}" / "model" / "model.safetensors") for k in ("ddp", "deepspeed_zero3"))
+    assert ddp.keys() == zero3.keys() and max(float((ddp[k] - zero3[k]).abs().max()) for k in ddp) < 1e-4

@@ -19,7 +19,8 @@ def print_banner(cfg, base, splits, parameters, precision, world_size, total_ste
     table.add_row("schedule", f"{total_steps} optimizer steps · batch {cfg.training.batch_size} × {world_size} process(es) · lr {cfg.learning_rate():g}")
     table.add_row("precision", precision)
     if distributed and distributed["world_size"] > 1:
-        table.add_row("distributed", f"{distributed['type']} ({distributed['wrapper']}), {distributed['world_size']} processes "
+        kind = f"DeepSpeed {distributed['layout'].replace('zero', 'ZeRO')}" if distributed["type"] == "DEEPSPEED" else distributed["type"]
+        table.add_row("distributed", f"{kind} ({distributed['wrapper']}), {distributed['world_size']} processes "
                       f"on {distributed['machines']} machine(s)" + (", parameters sharded" if distributed["sharded_parameters"] else ""))
     if threads:
         table.add_row("cpu threads", f"{threads['threads']} per process ({threads['reason']})")

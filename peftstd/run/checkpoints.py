@@ -2,7 +2,8 @@
 
     checkpoints/step-00000120/
         trainable.safetensors   parameters with requires_grad (the whole model for full fine-tuning), whole tensors
-        optimizer.pt            optimizer state (an FSDP run's gathered whole, keyed by parameter name)
+        optimizer.pt            optimizer state (FSDP: gathered whole, keyed by parameter name; DeepSpeed ZeRO: the
+                                list of every rank's partition)
         scheduler.pt            learning-rate schedule position
         scaler.pt               fp16 gradient-scaler state (fp16 runs only)
         method.pt               method state (AdaLoRA's importance scores and rank pattern)
@@ -11,7 +12,7 @@
         trainer_state.json      step, epoch, batches consumed in the epoch, history, selection
         checksums.json          sha256 of each file above; written last, so its presence marks completeness
 
-Only rank 0 writes; a sharded (FSDP) model's tensors are gathered to it first. A checkpoint is built in a
+Only rank 0 writes; a sharded (FSDP, ZeRO) model's tensors are gathered to it first. A checkpoint is built in a
 temporary folder and renamed into place; a torn or corrupted checkpoint (missing or mismatching checksums) is never
 loaded.
 """
@@ -89,8 +90,8 @@ class Checkpoints:
 
         # collectives: every rank must call save() (a sharded model's tensors are gathered whole)
         rng = gather_object([rng_state()])
-        sharded = sharding.is_sharded(model)  # its optimizer state is keyed by parameter name, not by position
-        if sharded or self.accelerator.is_main_process:
+        layout = sharding.layout(self.accelerator)  # FSDP's optimizer state is keyed by name, ZeRO's is per rank
+        if layout or self.accelerator.is_main_process:
             trainable, optimizer_state = sharding.full_state(model, only_trainable=True), sharding.optimizer_state(model, optimizer)
             best_snapshot = sharding.whole(best_snapshot)
         if self.accelerator.is_main_process:
@@ -103,7 +104,7 @@ class Checkpoints:
                 torch.save(method.state_dict(model), tmp / "method.pt")
                 torch.save(best_snapshot, tmp / "best.pt")
                 torch.save(rng, tmp / "rng.pt")
-                write_json(tmp / "trainer_state.json", {**asdict(state), "sharded": sharded})
+                write_json(tmp / "trainer_state.json", {**asdict(state), "sharded": layout or False})
                 write_json(tmp / CHECKSUMS, {p.name: sha256_file(p) for p in sorted(tmp.iterdir())})
 
             target = self.folder / f"{PREFIX}{state.step:08d}"
@@ -137,8 +138,10 @@ class Checkpoints:
         from safetensors.torch import load_file
 
         saved = json.loads((path / "trainer_state.json").read_text())
-        if saved.pop("sharded", False) != sharding.is_sharded(model):
-            was, now = ("sharded (FSDP)", "unsharded") if not sharding.is_sharded(model) else ("unsharded", "sharded (FSDP)")
+        written = saved.pop("sharded", False)
+        written = "fsdp" if written is True else written or None  # True: before ZeRO layouts were recorded
+        if written != (layout := sharding.layout(self.accelerator)):
+            was, now = (f"sharded ({written.upper()})" if written else "unsharded", f"sharded ({layout.upper()})" if layout else "unsharded")
             raise UserError(f"checkpoint {path.name} was written by a {was} run; resume it with the same launch settings, not a {now} one")
         sharding.load_full_state(model, load_file(path / "trainable.safetensors"))
         sharding.load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=False))

@@ -1,4 +1,5 @@
-"""Sharded training (FSDP2) through Accelerate, on GPUs and on CPU over gloo, and the distributed setup a run got.
+"""Sharded training through Accelerate (FSDP2, DeepSpeed ZeRO-2/3), on GPUs and on CPU over gloo, and the
+distributed setup a run got.
 
 Accelerate turns `--use_fsdp` into FSDP only on accelerator devices: on a CPU-only machine the same launch silently
 trains plain DDP (`DistributedType.MULTI_CPU`, the model in `DistributedDataParallel`). torch's FSDP2 (`fully_shard`)
@@ -8,10 +9,18 @@ prepared model and recorded (`distributed_setup`), so a silent fallback shows in
 
 A sharded model holds each parameter as a `DTensor` shard; `full_state` gathers whole tensors (a collective: every
 rank calls it), so that what is saved is the same stock format as from one process.
+
+DeepSpeed, like FSDP, is started by Accelerate only for an accelerator device; on CPU it runs once the Accelerator is
+built with `cpu=False` and the gloo backend named (`accelerator_options`). ZeRO-2 keeps whole parameters on every
+rank and splits the optimizer state and gradients; ZeRO-3 also splits the parameters (a module holds empty
+placeholders outside `gathered`). Each rank's ZeRO optimizer state is its own partition: checkpoints gather all of
+them to rank 0 and every rank loads the list (DeepSpeed's own checkpoints would have every rank write files).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 from typing import Any
 
@@ -31,12 +40,57 @@ def requested() -> str | None:
     return None
 
 
-def refuse_deepspeed() -> None:
-    """Before the Accelerator exists (it fails on its own without the deepspeed package): a DeepSpeed launch is
-    refused rather than trained as something else (on CPU, Accelerate would silently run plain DDP)."""
-    if requested() == "deepspeed":
-        raise UserError("the recipes do not run under DeepSpeed yet (ZeRO's partitioned optimizer state needs a checkpoint "
-                        "format of its own); launch with recipes/accelerate/fsdp.yaml (fully sharded, like ZeRO-3) or ddp.yaml")
+def accelerator_options(precision: str) -> dict[str, Any]:
+    """Keyword arguments for the run's `Accelerator`, before it exists. On a CPU-only machine `cpu=True` (without it
+    torchrun workers each run alone instead of over gloo), except under DeepSpeed, which Accelerate starts only with
+    `cpu=False`; DeepSpeed then picks its CPU accelerator, and gloo is named (that accelerator would take Intel's
+    oneCCL wherever its bindings are installed).
+    Under DeepSpeed bf16 is torch autocast inside the engine (`configure_deepspeed`), as in every other launch,
+    not DeepSpeed's bf16 mode, which would cast the weights themselves."""
+    from accelerate.utils import InitProcessGroupKwargs
+
+    from peftstd.training.precision import accelerate_name
+
+    on_cuda = torch.cuda.is_available()
+    if requested() != "deepspeed":
+        return {"cpu": not on_cuda, "mixed_precision": accelerate_name(precision)}
+    if importlib.util.find_spec("deepspeed") is None:
+        raise UserError("this launch asks for DeepSpeed, which is not installed: pip install 'peftstd[deepspeed]' "
+                        "(or launch with recipes/accelerate/fsdp.yaml)")
+    if precision == "fp16":
+        raise UserError("training.precision fp16 does not run under DeepSpeed here; use bf16 (torch autocast, fp32 weights) or fp32")
+    options: dict[str, Any] = {"cpu": False, "mixed_precision": "no"}
+    if not on_cuda:
+        options["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+    return options
+
+
+def configure_deepspeed(accelerator, precision: str, max_grad_norm: float | None) -> None:
+    """Fill the launch's DeepSpeed config from the recipe's settings (clipping, bf16 autocast), and refuse in one
+    line what the recipe's own optimizer, schedule and precision would conflict with."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    zero = config.get("zero_optimization", {})
+    clipping = float(max_grad_norm or 0.0)
+    problems = []
+    if zero.get("stage") not in (2, 3):
+        problems.append(f"zero_optimization.stage {zero.get('stage')} (2 or 3)")
+    problems += [f"its {section!r} section (training.{section} decides)" for section in ("optimizer", "scheduler") if section in config]
+    problems += [f"{key}.enabled (training.precision decides)" for key in ("bf16", "fp16") if config.get(key, {}).get("enabled") is True]
+    problems += [f"zero_optimization.{key} (offloading replaces the recipe's optimizer with DeepSpeed's CPU Adam)"
+                 for key in ("offload_optimizer", "offload_param") if zero.get(key, {}).get("device", "none") != "none"]
+    if accelerator.state.deepspeed_plugin.zero3_init_flag:
+        problems.append("zero3_init_flag (a base loaded partitioned breaks peft's copy of the task head; set it false)")
+    if config.get("gradient_clipping", "auto") not in ("auto", clipping):
+        problems.append(f"gradient_clipping {config['gradient_clipping']} (training.max_grad_norm is {clipping})")
+    if problems:
+        raise UserError("DeepSpeed cannot train with the launch's " + "; ".join(problems))
+    config["gradient_clipping"] = clipping
+    if precision == "bf16":
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
 
 
 def enable_cpu_fsdp(accelerator) -> None:
@@ -55,26 +109,52 @@ def enable_cpu_fsdp(accelerator) -> None:
     state.distributed_type, state.fsdp_plugin = DistributedType.FSDP, plugin
 
 
+@contextlib.contextmanager
+def whole_at_load(accelerator):
+    """Load the base model whole under ZeRO-3; DeepSpeed partitions it when the engine is built. Accelerate registers
+    the ZeRO-3 config with transformers whatever `zero3_init_flag` says, so transformers would load the weights
+    already partitioned, and peft's copy of a partitioned task head (`modules_to_save`) is then garbage."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None or plugin.zero_stage != 3:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()  # generation under ZeRO-3 needs it (transformers then keeps ranks in step)
+
+
+def float32_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The prepared model to run in float32: under DeepSpeed its inner module, since the engine autocasts every
+    forward when bf16 is on, even inside `torch.autocast(enabled=False)` (ZeRO-3's gathering hooks sit on the
+    inner modules, so they still run); otherwise the model itself."""
+    return model.module if type(model).__name__ == "DeepSpeedEngine" else model
+
+
 def check_sharding_supported(accelerator, method: str, quantized: bool = False, optimizer: str = "adamw", fgm: bool = False,
                              methods: tuple[str, ...] = SHARDABLE_METHODS, objective: str | None = None) -> None:
     """One-line errors, before any weights load, for what a sharded run cannot do."""
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type != DistributedType.FSDP:
+    kind = {DistributedType.FSDP: "FSDP", DistributedType.DEEPSPEED: "DeepSpeed"}.get(accelerator.distributed_type)
+    if kind is None:
         return
     problems = []
     if method not in methods:
-        problems.append(f"method {method!r} (FSDP trains {', '.join(methods)} here)")
+        problems.append(f"method {method!r} ({kind} trains {', '.join(methods)} here)")
     if quantized:
         problems.append("model.quantization (a bitsandbytes base does not shard here)")
     if optimizer != "adamw":
         problems.append(f"training.optimizer {optimizer!r} (use adamw)")
     if fgm:
         problems.append("regularization.fgm_epsilon (FGM perturbs whole embedding tensors)")
-    if objective == "masked-lm":  # Accelerate puts the decoder and the bias it shares with the head in two FSDP units
+    if objective == "masked-lm" and kind == "FSDP":  # Accelerate puts the decoder and its tied bias in two FSDP units
         problems.append("objective 'masked-lm' (the MLM head's tied decoder bias cannot be sharded by Accelerate's FSDP2)")
     if problems:
-        raise UserError("FSDP cannot train with " + "; ".join(problems) + "; launch with recipes/accelerate/ddp.yaml instead")
+        raise UserError(f"{kind} cannot train with " + "; ".join(problems) + "; launch with recipes/accelerate/ddp.yaml instead")
 
 
 def wrap_transformer_layers(accelerator, model: torch.nn.Module) -> None:
@@ -104,6 +184,36 @@ def reshard(model: torch.nn.Module) -> None:
             module.reshard()
 
 
+def partitioned(model: torch.nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 holds the model's parameters split across ranks (each is a `ds_id` placeholder)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+@contextlib.contextmanager
+def gathered(model: torch.nn.Module, modify: bool = False):
+    """Whole parameters within the block under ZeRO-3 (a collective: every rank enters); with `modify`, what rank 0
+    wrote is partitioned again on the way out (every rank writes the same values here). Elsewhere a no-op."""
+    if not partitioned(model):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0 if modify else None):
+        yield
+
+
+def layout(accelerator) -> str | None:
+    """How the training state is split across processes: 'fsdp', 'zero-2', 'zero-3', or None (whole on every rank).
+    Recorded in checkpoints, which resume only under the same layout."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return "fsdp"
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return f"zero-{accelerator.state.deepspeed_plugin.zero_stage}"
+    return None
+
+
 def shard_units(model: torch.nn.Module) -> int:
     if not torch.distributed.is_available():  # a torch build without distributed support shards nothing
         return 0
@@ -126,18 +236,22 @@ def full_state(model: torch.nn.Module, only_trainable: bool = False) -> dict[str
     """Copies of whole parameter tensors on the CPU, on every rank (a collective when the model is sharded)."""
     reshard(model)
     DTensor = _dtensor()
-    return {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().to("cpu", copy=True).contiguous()
-            for name, p in model.named_parameters() if p.requires_grad or not only_trainable}
+    with gathered(model):
+        return {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().to("cpu", copy=True).contiguous()
+                for name, p in model.named_parameters() if p.requires_grad or not only_trainable}
 
 
 def saved_state(accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     """The state dict to save weights from: gathered whole on rank 0 when sharded (a collective), else None (the
     model's own). A tied parameter appears once, under its first name, as transformers saves it."""
     unwrapped = accelerator.unwrap_model(model)
-    if not is_sharded(unwrapped):
+    if partitioned(unwrapped):  # gathered one module at a time, kept on rank 0 (what Accelerate does with the flag)
+        state = model._zero3_consolidated_16bit_state_dict() or {}
+    elif is_sharded(unwrapped):
+        reshard(model)
+        state = accelerator.get_state_dict(model)
+    else:
         return None
-    reshard(model)
-    state = accelerator.get_state_dict(model)
     first: dict[int, str] = {}
     tied = [name for name, p in unwrapped.named_parameters(remove_duplicate=False) if first.setdefault(id(p), name) != name]
     return {key: value for key, value in state.items() if key not in tied}
@@ -156,7 +270,7 @@ def load_full_state(model: torch.nn.Module, values: dict[str, torch.Tensor]) -> 
     """Copy whole tensors into the model's parameters, each rank keeping its own shard when sharded."""
     reshard(model)
     parameters = dict(model.named_parameters())
-    with torch.no_grad():
+    with gathered(model, modify=True), torch.no_grad():
         for name, value in values.items():
             parameters[name].copy_(_placed_like(value, parameters[name]))
 
@@ -177,8 +291,20 @@ def sharded_like(snapshot: dict[str, Any], model: torch.nn.Module) -> dict[str, 
     return {**snapshot, "weights": {name: _placed_like(value, parameters.get(name)) for name, value in snapshot["weights"].items()}}
 
 
-def optimizer_state(model: torch.nn.Module, optimizer) -> dict[str, Any]:
-    """The optimizer's state; for a sharded model the whole (unsharded) state keyed by parameter name."""
+def _zero_optimizer(optimizer):
+    """DeepSpeed's ZeRO optimizer behind Accelerate's wrapper, or None."""
+    inner = getattr(optimizer, "optimizer", None)
+    return inner if type(inner).__name__.startswith("DeepSpeedZeroOptimizer") else None
+
+
+def optimizer_state(model: torch.nn.Module, optimizer) -> Any:
+    """The optimizer's state (a collective when split): for an FSDP model the whole state keyed by parameter name;
+    under ZeRO every rank's own partition, gathered to a list on rank 0 (None elsewhere)."""
+    if zero := _zero_optimizer(optimizer):
+        main = torch.distributed.get_rank() == 0
+        states = [None] * torch.distributed.get_world_size() if main else None
+        torch.distributed.gather_object(zero.state_dict(), states, dst=0)
+        return states
     if not is_sharded(model):
         return optimizer.state_dict()
     reshard(model)
@@ -187,7 +313,10 @@ def optimizer_state(model: torch.nn.Module, optimizer) -> dict[str, Any]:
     return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict[str, Any]) -> None:
+def load_optimizer_state(model: torch.nn.Module, optimizer, state: Any) -> None:
+    if zero := _zero_optimizer(optimizer):  # each rank takes its partition from the list; fp32 master weights too
+        zero.load_state_dict(state, load_from_fp32_weights=True)
+        return
     if not is_sharded(model):
         optimizer.load_state_dict(state)
         return
@@ -201,5 +330,6 @@ def distributed_setup(accelerator, model: torch.nn.Module) -> dict[str, Any]:
     unwrapped = accelerator.unwrap_model(model)
     return {"requested": requested() or ("ddp" if accelerator.num_processes > 1 else "none"),
             "type": str(accelerator.distributed_type).rsplit(".", 1)[-1], "wrapper": type(model).__name__,
-            "sharded_parameters": is_sharded(unwrapped), "shard_units": shard_units(unwrapped), "world_size": accelerator.num_processes,
+            "layout": layout(accelerator), "sharded_parameters": is_sharded(unwrapped) or partitioned(unwrapped),
+            "shard_units": shard_units(unwrapped), "world_size": accelerator.num_processes,
             "machines": accelerator.num_processes // int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))}
