@@ -16,7 +16,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RECIPE_ENV, REPO, free_port, kill_after_checkpoints, peftstd, recipe_command, run_recipe, tiny_overrides
+from conftest import (
+    RECIPE_ENV,
+    REPO,
+    free_port,
+    kill_after_checkpoints,
+    peftstd,
+    recipe_command,
+    run_recipe,
+    tiny_overrides,
+    write_jsonl,
+)
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 CONFIGS = REPO / "recipes" / "accelerate"
@@ -86,6 +96,31 @@ def test_sharded_training_on_cpu_saves_the_stock_format_and_matches_one_process(
         checked = peftstd("check", str(tmp_path / kind))
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert "loads with stock libraries: peft" in checked.stdout
+
+
+def test_causal_lm_sft_under_zero3_matches_one_process_and_generates(tiny_llama, tmp_path):
+    """Generation with parameters partitioned across ranks (transformers keeps the ranks in step), LoRA without a
+    task head (peft's optimizer then has one parameter group), and validation loss over an uneven last batch."""
+    from safetensors.torch import load_file
+    from test_causal_lm import qa_rows
+
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(240))
+    common = [f"model.name={tiny_llama}", f"data.source={data}", f"output.dir={tmp_path}", "task.type=causal-lm",
+              "evaluation.metric=loss", "model.max_length=32", "evaluation.batch_size=16", "training.precision=fp32",
+              "training.max_steps=20", "training.learning_rate=0.01", "evaluation.every_steps=10", "generation.max_new_tokens=4",
+              "generation.samples=16", "lora.rank=8", "training.group_by_length=false", "regularization.dropout=0", "lora.dropout=0"]
+    one = run_recipe([*common, "output.name=one", "training.batch_size=32"])
+    assert one.returncode == 0, one.stderr[-3000:]
+    zero3 = run_recipe([*common, "output.name=zero3", "training.batch_size=16"], launcher=launcher("deepspeed_zero3"))
+    assert zero3.returncode == 0, zero3.stderr[-3000:]
+    metrics = {k: json.loads((tmp_path / k / "metrics.json").read_text()) for k in ("one", "zero3")}
+    # 24 validation rows over 2 ranks of 16: one rank's last batch repeats 8 rows, which must not count
+    assert metrics["zero3"]["base_model"]["validation"]["perplexity"] == pytest.approx(metrics["one"]["base_model"]["validation"]["perplexity"], rel=1e-6)
+    assert metrics["zero3"]["test"]["loss"] == pytest.approx(metrics["one"]["test"]["loss"], abs=1e-5)
+    weights = {k: load_file(tmp_path / k / "adapter" / "adapter_model.safetensors") for k in ("one", "zero3")}
+    assert max(float((weights["one"][k] - weights["zero3"][k]).abs().max()) for k in weights["one"]) < 1e-5
+    generated = {k: (tmp_path / k / "predictions" / "test.jsonl").read_text() for k in ("one", "zero3")}
+    assert generated["one"] == generated["zero3"]
 
 
 @pytest.mark.parametrize(("config", "layout"), [("fsdp", "FSDP"), ("deepspeed_zero2", "ZERO-2"), ("deepspeed_zero3", "ZERO-3")])

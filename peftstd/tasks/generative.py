@@ -38,15 +38,22 @@ class GenerativeTask(Task):
 
     @torch.no_grad()
     def evaluate_split(self, model, loader, order, accelerator, autocast: bool = True):
-        """(metrics, None, None): the mean loss over every target token of the split, and its exp."""
+        """(metrics, None, None): the mean loss over every target token of the split, and its exp. Summed per example
+        and gathered with `gather_for_metrics`, which drops the examples a multi-process loader repeats to even out
+        its last batches (a sum reduced across ranks would count them twice)."""
         model.eval()
         total, tokens = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
         for batch in loader:
+            labels = batch["labels"][:, self.label_shift :]
+            # a causal LM is not given its labels (it would compute a loss of its own); seq2seq builds decoder inputs from them
+            inputs = {k: v for k, v in batch.items() if k != "labels"} if self.label_shift else batch
             with accelerator.autocast() if autocast else torch.autocast(accelerator.device.type, enabled=False):
-                loss = model(**batch).loss.double()
-            count = (batch["labels"][:, self.label_shift :] != IGNORE).sum().double()
-            total += accelerator.reduce(loss * count, reduction="sum").cpu()
-            tokens += accelerator.reduce(count, reduction="sum").cpu()
+                logits = model(**inputs).logits
+            logits = logits[:, : logits.shape[1] - self.label_shift].float()
+            per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+            sums, counts = accelerator.gather_for_metrics((per_token.double().sum(1), (labels != IGNORE).sum(1).double()))
+            total += sums.sum().cpu()
+            tokens += counts.sum().cpu()
         model.train()
         mean = float(total / tokens.clamp_min(1))
         return {"loss": mean, "perplexity": math.exp(min(mean, 50.0))}, None, None

@@ -15,7 +15,9 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             (no_decay if name.endswith(NO_DECAY) else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # An empty group is left out: DeepSpeed's ZeRO-3 drops it, and the schedule would then miss a group.
+    groups = [group for group in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+              if group["params"]]
     if kind == "adamw":
         return torch.optim.AdamW(groups, lr=learning_rate)
     import bitsandbytes as bnb
