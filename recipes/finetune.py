@@ -258,8 +258,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                 if sweep_trial:
                     pruned = on_main_then_broadcast(accelerator, lambda at=step, value=metrics[selection.metric]: sweep_trial.should_prune(at, value))
                 if improved:
-                    sharding.reshard(model)  # an FSDP model's parameters are read in their sharded form
-                    with sharding.gathered(unwrapped):  # ZeRO-3's are gathered whole
+                    with sharding.settled(unwrapped):  # FSDP's parameters resharded, ZeRO-3's gathered whole
                         best_snapshot = method.snapshot(unwrapped)
                     weights = sharding.saved_state(accelerator, model)  # collective when sharded
                     if is_main:
@@ -284,8 +283,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     history, train_seconds = state.history, state.train_seconds
 
     # --- Final model: best checkpoint, evaluated on the test split in float32 ------------------------
-    sharding.reshard(model)
-    with sharding.gathered(unwrapped, modify=True):
+    with sharding.settled(unwrapped, modify=True):
         method.restore(unwrapped, best_snapshot)
     # test_outputs: logits, or a task's own outputs (QA: answers; generative tasks: `Generations`, set below)
     test_metrics, test_outputs, test_labels = evaluate(sharding.float32_module(model), test_dl, test_order, accelerator, task,

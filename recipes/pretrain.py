@@ -190,8 +190,7 @@ def pretrain(cfg: PretrainConfig, config_path: str, resume_requested: bool = Fal
                 history["validation"].append({"step": step, **metrics})
                 if metrics["loss"] < best["loss"]:
                     best = state.selection = {"step": step, **metrics}
-                    sharding.reshard(model)  # an FSDP model's parameters are read in their sharded form
-                    with sharding.gathered(unwrapped):  # ZeRO-3's are gathered whole
+                    with sharding.settled(unwrapped):  # FSDP's parameters resharded, ZeRO-3's gathered whole
                         best_state = method.snapshot(unwrapped)
                 if is_main:
                     progress.write(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -209,8 +208,7 @@ def pretrain(cfg: PretrainConfig, config_path: str, resume_requested: bool = Fal
 
     # --- Run directory: the best weights as a plain transformers folder, metrics, manifest ----------
     if best_state is not None:
-        sharding.reshard(model)
-        with sharding.gathered(unwrapped, modify=True):
+        with sharding.settled(unwrapped, modify=True):
             method.restore(unwrapped, best_state)
     weights = sharding.saved_state(accelerator, model)  # gathered whole when sharded (a collective), else None
     if is_main:

@@ -13,7 +13,7 @@ rank calls it), so that what is saved is the same stock format as from one proce
 DeepSpeed, like FSDP, is started by Accelerate only for an accelerator device; on CPU it runs once the Accelerator is
 built with `cpu=False` and the gloo backend named (`accelerator_options`). ZeRO-2 keeps whole parameters on every
 rank and splits the optimizer state and gradients; ZeRO-3 also splits the parameters (a module holds empty
-placeholders outside `gathered`). Each rank's ZeRO optimizer state is its own partition: checkpoints gather all of
+placeholders outside `settled`). Each rank's ZeRO optimizer state is its own partition: checkpoints gather all of
 them to rank 0 and every rank loads the list (DeepSpeed's own checkpoints would have every rank write files).
 """
 
@@ -190,9 +190,11 @@ def partitioned(model: torch.nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def gathered(model: torch.nn.Module, modify: bool = False):
-    """Whole parameters within the block under ZeRO-3 (a collective: every rank enters); with `modify`, what rank 0
-    wrote is partitioned again on the way out (every rank writes the same values here). Elsewhere a no-op."""
+def settled(model: torch.nn.Module, modify: bool = False):
+    """Parameters in the form they are read and written in, within the block: FSDP units resharded (see `reshard`),
+    ZeRO-3 parameters gathered whole (a collective: every rank enters); with `modify`, what rank 0 wrote is
+    partitioned again on the way out (every rank writes the same values here). Unsharded models: a no-op."""
+    reshard(model)
     if not partitioned(model):
         yield
         return
@@ -234,9 +236,8 @@ def _dtensor():
 
 def full_state(model: torch.nn.Module, only_trainable: bool = False) -> dict[str, torch.Tensor]:
     """Copies of whole parameter tensors on the CPU, on every rank (a collective when the model is sharded)."""
-    reshard(model)
     DTensor = _dtensor()
-    with gathered(model):
+    with settled(model):
         return {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().to("cpu", copy=True).contiguous()
                 for name, p in model.named_parameters() if p.requires_grad or not only_trainable}
 
@@ -268,9 +269,8 @@ def _placed_like(value: torch.Tensor, parameter: torch.Tensor | None) -> torch.T
 
 def load_full_state(model: torch.nn.Module, values: dict[str, torch.Tensor]) -> None:
     """Copy whole tensors into the model's parameters, each rank keeping its own shard when sharded."""
-    reshard(model)
-    parameters = dict(model.named_parameters())
-    with gathered(model, modify=True), torch.no_grad():
+    with settled(model, modify=True), torch.no_grad():
+        parameters = dict(model.named_parameters())
         for name, value in values.items():
             parameters[name].copy_(_placed_like(value, parameters[name]))
 
