@@ -249,7 +249,7 @@ def paired_rounds(export: Path, engine: dict, route: str, texts: list[str], thre
         print(f"round: engine alone {alone:.0f} texts/s, server c=32 {served:.0f} req/s, ratio {served / alone:.2f}", file=sys.stderr, flush=True)
     pool.shutdown()
     ratios = [p["ratio"] for p in pairs]
-    return {"engine": engine, "pairs": pairs, "median_ratio": float(np.median(ratios)), "min_ratio": min(ratios), "max_ratio": max(ratios)}
+    return {"engine": engine, "server_requests": requests, "pairs": pairs, "median_ratio": float(np.median(ratios)), "min_ratio": min(ratios), "max_ratio": max(ratios)}
 
 
 def engines_alone(export: Path, texts: list[str], threads: int, repeats: int) -> list[dict]:
@@ -335,7 +335,8 @@ def main() -> int:
     parser.add_argument("--texts", type=int, default=512, help="test texts used (the run's test split, in order)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=7, help="paired rounds of fastest engine alone vs the default server at c=32")
+    parser.add_argument("--rounds", type=int, default=15, help="paired rounds of fastest engine alone vs the default server at c=32")
+    parser.add_argument("--round-requests", type=int, default=2000, help="requests of the server's part of each paired round")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
 
@@ -376,7 +377,8 @@ def main() -> int:
                           f"{rows[-1]['statuses']}", file=sys.stderr, flush=True)
                 result.setdefault("servers", {})[name] = {"engine": engine, "rows": rows}
                 if engine is served[0] and args.rounds:
-                    result["paired_rounds"] = paired_rounds(export, result["fastest_engine"], route, texts, args.threads, args.rounds, 1000)
+                    result["paired_rounds"] = paired_rounds(export, result["fastest_engine"], route, texts, args.threads, args.rounds,
+                                                             args.round_requests)
                 if engine:
                     at32 = next((r for r in rows if r["concurrency"] == 32), rows[-1])
                     result.setdefault("open_loop", {})[name] = asyncio.run(
@@ -455,7 +457,8 @@ def markdown(result: dict) -> str:
     lines += ["", "## Against the targets", ""]
     if "paired_rounds" in result:
         paired = result["paired_rounds"]
-        lines += [f"Paired rounds ({len(paired['pairs'])}, alternating, seconds apart): the server at its defaults at concurrency 32 / "
+        lines += [f"Paired rounds ({len(paired['pairs'])}, alternating, seconds apart): the server at its defaults at concurrency 32 "
+                  f"({paired.get('server_requests', 1000)} requests) / "
                   f"the fastest engine alone ({paired['engine']['artifact']}, {paired['engine']['runtime']}, {paired['engine']['streams']} "
                   f"stream(s)) in batches of 32: median **{paired['median_ratio']:.2f}**, range {paired['min_ratio']:.2f}-"
                   f"{paired['max_ratio']:.2f} (target 0.8). Each pair: " + ", ".join(

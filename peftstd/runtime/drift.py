@@ -74,7 +74,7 @@ class Observation:
 
 def observe(predictor, item, result: dict) -> Observation:
     """The observation of one encoded input and the predictor's result for it."""
-    unk = predictor.tokenizer.unk_token_id
+    unk = predictor.unk_token_id
     if "entities" in result:
         labels = tuple(e["type"] for e in result["entities"]) or (NONE,)
     else:

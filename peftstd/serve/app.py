@@ -6,9 +6,12 @@ Every refusal is a JSON body `{"error": "one line"}` with a 4xx (or 503/504) sta
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
+import re
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +51,46 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def bug_response(error: Exception) -> JSONResponse:
+    """A fault of ours, not of the request: still one JSON line (and the traceback on the server's stderr)."""
+    import traceback
+
+    traceback.print_exception(error)
+    return error_response(500, f"internal error ({type(error).__name__}); the server logged it")
+
+
+class DirectRoute:
+    """An inference route that `Lifecycle` answers itself, without FastAPI's router and middleware stack.
+
+    That stack (routing, dependency solving, exit stacks, exception and telemetry middleware) took about 0.1 ms of
+    the event loop's 0.4 ms per request at concurrency 32 (a stubbed model, measured with per-thread CPU time), and
+    on 2 cores the event loop shares the CPU with the model. The handler is the one FastAPI also routes (it
+    documents the route in /docs and OpenAPI), called with the same arguments; errors become the same JSON bodies.
+    """
+
+    def __init__(self, method: str, path: str, handler: Callable[..., Awaitable[Response]]):
+        self.method, self.path, self.handler = method, path, handler
+        self.pattern = re.compile(re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(path)))  # Starlette's {param}
+
+    def match(self, scope) -> dict[str, str] | None:
+        if scope["method"] != self.method:
+            return None
+        found = self.pattern.fullmatch(scope["path"])
+        return found.groupdict() if found else None
+
+    async def __call__(self, scope, receive, send, params: dict[str, str]) -> None:
+        scope["route"], scope["path_params"] = self, params  # as Starlette's router sets them, for the metrics
+        request = Request(scope, receive)
+        try:
+            response = await self.handler(request=request, **params)
+        except HTTPError as error:
+            log_entry(request)["error"] = error.message
+            response = error_response(error.status, error.message, error.headers)
+        except Exception as error:  # noqa: BLE001 - as FastAPI's on_bug handler: a 500 with one line
+            response = bug_response(error)
+        await response(scope, receive, send)
+
+
 class RateLimiter:
     """A token bucket per key: `rate` requests per second on average, `burst` at once."""
 
@@ -85,6 +128,7 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     drift: dict[str, DriftWindow] = field(default_factory=dict)
     log: RequestLog | None = None
+    direct: list[DirectRoute] = field(default_factory=list)  # set by create_app
 
     def __post_init__(self):
         self.metrics.in_flight.set_function(lambda: self.inflight)
@@ -141,12 +185,19 @@ class Lifecycle:
             else:
                 self.state.inflight += 1
                 try:
-                    await self.app(scope, receive, send_recorded)
+                    for route in self.state.direct:
+                        params = route.match(scope)
+                        if params is not None:
+                            await route(scope, receive, send_recorded, params)
+                            break
+                    else:
+                        await self.app(scope, receive, send_recorded)
                 finally:
                     self.state.inflight -= 1
         finally:
             route = scope.get("route")  # set by the router on the scope it was given
             model = scope.get("path_params", {}).get("name", "") if route else ""
+            model = model if model in self.state.exports else ""  # a client's made-up name is no new metric series
             seconds = time.perf_counter() - started
             self.state.metrics.observe_request(model, route.path if route else "unmatched", status, seconds)
             if self.state.log is not None and not scope["path"].startswith("/v2/health/"):
@@ -184,11 +235,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, error: Exception):
-        """A fault of ours, not of the request: still one JSON line (and the traceback on the server's stderr)."""
-        import traceback
-
-        traceback.print_exception(error)
-        return error_response(500, f"internal error ({type(error).__name__}); the server logged it")
+        return bug_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, error: RequestValidationError):
@@ -279,7 +326,7 @@ def create_app(state: ServerState) -> FastAPI:
         except QueueFull:
             raise state.reject("queue", 503, f"model {model.name!r} has {model.queued_rows} rows queued (limit {cfg.max_queue})",
                                {"Retry-After": "1"}) from None
-        results = asyncio.gather(*futures)
+        results = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
         gone = asyncio.ensure_future(disconnected(request))
         try:
             done, _ = await asyncio.wait({results, gone}, timeout=max(0.0, deadline - time.monotonic()),
@@ -292,7 +339,7 @@ def create_app(state: ServerState) -> FastAPI:
                 raise state.reject("disconnected", 499, "client closed the request")
             raise state.reject("deadline", 504, f"no answer within the deadline of {cfg.deadline_ms} ms")
         try:
-            outputs = results.result()
+            outputs = [results.result()] if len(futures) == 1 else results.result()
         except DeadlineExceeded:
             raise state.reject("deadline", 504, f"no answer within the deadline of {cfg.deadline_ms} ms") from None
         entry = log_entry(request)
@@ -410,6 +457,8 @@ def create_app(state: ServerState) -> FastAPI:
             raise state.reject("input", 400, str(error)) from None
         return Response(content, headers=headers)
 
+    state.direct = [DirectRoute("POST", "/v1/models/{name}/predict", predict), DirectRoute("POST", "/v2/models/{name}/infer", v2_infer),
+                    DirectRoute("POST", "/v2/models/{name}/versions/{version}/infer", v2_infer)]
     return app
 
 
@@ -439,6 +488,11 @@ async def load_models(state: ServerState) -> None:
             state.metrics.add_model(name, worker, state.drift.get(name))
             worker.start()
             state.workers[name] = worker
+        # Everything loaded so far lives as long as the server: frozen, the garbage collector no longer scans it.
+        # Unfrozen, each full collection walked the ~450k objects of the libraries and models, 0.24 s with the event
+        # loop stopped, twice in 15 s at concurrency 32 (measured with gc.callbacks).
+        gc.collect()
+        gc.freeze()
         state.ready = True
         print(f"peftstd serve: ready ({', '.join(state.exports)})", flush=True)
     except Exception as error:  # noqa: BLE001 - reported by readiness and on stderr; liveness stays up
@@ -512,6 +566,8 @@ def v2_items(model: ModelWorker, tensors: dict[str, Tensor]):
         ids = tensors["input_ids"]
         if ids.datatype not in ("INT64", "INT32") or len(ids.shape) != 2:
             raise ProtocolError(f"input_ids must be INT64 of shape [batch, sequence], got {ids.datatype} {ids.shape}")
+        if not ids.shape[0]:
+            raise ProtocolError("the request holds no inputs (input_ids has 0 rows)")
         for other in tensors.values():
             if other.shape != ids.shape or other.datatype not in ("INT64", "INT32"):
                 raise ProtocolError(f"input {other.name!r} must be INT64 of input_ids' shape {ids.shape}")

@@ -69,6 +69,10 @@ def serve(cfg: ServeConfig, exports: dict[str, Path]) -> int:
     from peftstd.serve.keys import KeyRing
 
     check_startup(cfg, exports)
+    # The model threads need the GIL for a moment after each engine call, and the event loop holds it while busy:
+    # a thread waiting for it got it only after Python's default 5 ms switch interval. With 0.5 ms, 1.06x the
+    # requests/s at concurrency 32 (sentiment export, 2 cores, 8 alternating rounds against the default).
+    sys.setswitchinterval(0.0005)
 
     def load(name: str, path: Path):
         # No spinning: the model thread shares the cores with the event loop and the tokenizers, and ONNX Runtime's
