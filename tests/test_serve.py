@@ -56,11 +56,11 @@ def test_inference_routes_skip_the_router_but_run_the_documented_handlers():
     for direct in state.direct:
         assert direct.method in routes[direct.path].methods and routes[direct.path].endpoint is direct.handler
     predict_route, infer_route, versioned = state.direct
-    assert predict_route.match({"method": "POST", "path": "/v1/models/sentiment.v2/predict"}) == {"name": "sentiment.v2"}
-    assert predict_route.match({"method": "GET", "path": "/v1/models/m/predict"}) is None  # FastAPI answers the 405
-    assert predict_route.match({"method": "POST", "path": "/v1/models/a/b/predict"}) is None
-    assert infer_route.match({"method": "POST", "path": "/v2/models/m/versions/1/infer"}) is None
-    assert versioned.match({"method": "POST", "path": "/v2/models/m/versions/1/infer"}) == {"name": "m", "version": "1"}
+    assert predict_route.match({"type": "http", "method": "POST", "path": "/v1/models/sentiment.v2/predict"}) == {"name": "sentiment.v2"}
+    assert predict_route.match({"type": "http", "method": "GET", "path": "/v1/models/m/predict"}) is None  # FastAPI answers the 405
+    assert predict_route.match({"type": "http", "method": "POST", "path": "/v1/models/a/b/predict"}) is None
+    assert infer_route.match({"type": "http", "method": "POST", "path": "/v2/models/m/versions/1/infer"}) is None
+    assert versioned.match({"type": "http", "method": "POST", "path": "/v2/models/m/versions/1/infer"}) == {"name": "m", "version": "1"}
 
 
 @pytest.mark.parametrize("artifact", ["fp32", "int8-dynamic", "int8-static"])

@@ -9,9 +9,7 @@ import asyncio
 import gc
 import json
 import math
-import re
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +18,9 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from peftstd import __version__
 from peftstd.errors import UserError
@@ -51,6 +51,12 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def refusal(request: Request, error: HTTPError) -> JSONResponse:
+    """The JSON line of a refused request, its message kept for the request log."""
+    log_entry(request)["error"] = error.message
+    return error_response(error.status, error.message, error.headers)
+
+
 def bug_response(error: Exception) -> JSONResponse:
     """A fault of ours, not of the request: still one JSON line (and the traceback on the server's stderr)."""
     import traceback
@@ -60,32 +66,30 @@ def bug_response(error: Exception) -> JSONResponse:
 
 
 class DirectRoute:
-    """An inference route that `Lifecycle` answers itself, without FastAPI's router and middleware stack.
+    """A FastAPI route that `Lifecycle` answers itself, without FastAPI's router and middleware stack.
 
     That stack (routing, dependency solving, exit stacks, exception and telemetry middleware) took about 0.1 ms of
     the event loop's 0.4 ms per request at concurrency 32 (a stubbed model, measured with per-thread CPU time), and
-    on 2 cores the event loop shares the CPU with the model. The handler is the one FastAPI also routes (it
-    documents the route in /docs and OpenAPI), called with the same arguments; errors become the same JSON bodies.
+    on 2 cores the event loop shares the CPU with the model. The route, its matching and its handler are FastAPI's
+    own (so /docs and OpenAPI describe what runs); errors become the same JSON bodies.
     """
 
-    def __init__(self, method: str, path: str, handler: Callable[..., Awaitable[Response]]):
-        self.method, self.path, self.handler = method, path, handler
-        self.pattern = re.compile(re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(path)))  # Starlette's {param}
+    def __init__(self, route: APIRoute):
+        self.route, self.path, self.handler = route, route.path, route.endpoint
+        [self.method] = route.methods
 
     def match(self, scope) -> dict[str, str] | None:
-        if scope["method"] != self.method:
-            return None
-        found = self.pattern.fullmatch(scope["path"])
-        return found.groupdict() if found else None
+        """The path parameters when the route takes the request (path and method), else None."""
+        found, child = self.route.matches(scope)
+        return child["path_params"] if found is Match.FULL else None
 
     async def __call__(self, scope, receive, send, params: dict[str, str]) -> None:
-        scope["route"], scope["path_params"] = self, params  # as Starlette's router sets them, for the metrics
+        scope["route"], scope["path_params"] = self.route, params  # as the router sets them, for the metrics
         request = Request(scope, receive)
         try:
             response = await self.handler(request=request, **params)
         except HTTPError as error:
-            log_entry(request)["error"] = error.message
-            response = error_response(error.status, error.message, error.headers)
+            response = refusal(request, error)
         except Exception as error:  # noqa: BLE001 - as FastAPI's on_bug handler: a 500 with one line
             response = bug_response(error)
         await response(scope, receive, send)
@@ -196,8 +200,8 @@ class Lifecycle:
                     self.state.inflight -= 1
         finally:
             route = scope.get("route")  # set by the router on the scope it was given
-            model = scope.get("path_params", {}).get("name", "") if route else ""
-            model = model if model in self.state.exports else ""  # a client's made-up name is no new metric series
+            name = scope.get("path_params", {}).get("name") if route else None
+            model = name if name in self.state.exports else ""  # a client's made-up name is no new metric series
             seconds = time.perf_counter() - started
             self.state.metrics.observe_request(model, route.path if route else "unmatched", status, seconds)
             if self.state.log is not None and not scope["path"].startswith("/v2/health/"):
@@ -225,8 +229,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(HTTPError)
     async def on_http_error(request: Request, error: HTTPError):
-        log_entry(request)["error"] = error.message
-        return error_response(error.status, error.message, error.headers)
+        return refusal(request, error)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_starlette_error(request: Request, error: StarletteHTTPException):
@@ -326,7 +329,7 @@ def create_app(state: ServerState) -> FastAPI:
         except QueueFull:
             raise state.reject("queue", 503, f"model {model.name!r} has {model.queued_rows} rows queued (limit {cfg.max_queue})",
                                {"Retry-After": "1"}) from None
-        results = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
+        results = asyncio.gather(*futures)
         gone = asyncio.ensure_future(disconnected(request))
         try:
             done, _ = await asyncio.wait({results, gone}, timeout=max(0.0, deadline - time.monotonic()),
@@ -339,7 +342,7 @@ def create_app(state: ServerState) -> FastAPI:
                 raise state.reject("disconnected", 499, "client closed the request")
             raise state.reject("deadline", 504, f"no answer within the deadline of {cfg.deadline_ms} ms")
         try:
-            outputs = [results.result()] if len(futures) == 1 else results.result()
+            outputs = results.result()
         except DeadlineExceeded:
             raise state.reject("deadline", 504, f"no answer within the deadline of {cfg.deadline_ms} ms") from None
         entry = log_entry(request)
@@ -437,8 +440,8 @@ def create_app(state: ServerState) -> FastAPI:
         return {"name": name, "versions": ["1"], "platform": f"{model.predictor.runtime}_onnx",
                 "inputs": v2_inputs(model), "outputs": v2_outputs(model)}
 
-    @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
+    @app.post("/v2/models/{name}/infer")
     async def v2_infer(name: str, request: Request, version: str = "1"):
         authorize(request, "infer")
         model = worker(name)
@@ -457,8 +460,7 @@ def create_app(state: ServerState) -> FastAPI:
             raise state.reject("input", 400, str(error)) from None
         return Response(content, headers=headers)
 
-    state.direct = [DirectRoute("POST", "/v1/models/{name}/predict", predict), DirectRoute("POST", "/v2/models/{name}/infer", v2_infer),
-                    DirectRoute("POST", "/v2/models/{name}/versions/{version}/infer", v2_infer)]
+    state.direct = [DirectRoute(route) for route in app.routes if isinstance(route, APIRoute) and route.endpoint in (predict, v2_infer)]
     return app
 
 

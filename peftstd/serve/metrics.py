@@ -27,7 +27,6 @@ class Metrics:
 
     def __init__(self):
         self.registry = registry = CollectorRegistry()
-        self.request_series: dict[tuple[str, str, int], tuple] = {}
         self.requests = Counter("peftstd_requests", "HTTP requests answered, by model, route template and status",
                                 ["model", "route", "status"], registry=registry)
         self.request_seconds = Histogram("peftstd_request_duration_seconds", "time from request to response, by model and route",
@@ -74,13 +73,8 @@ class Metrics:
         worker.on_batch = on_batch
 
     def observe_request(self, model: str, route: str, status: int, seconds: float) -> None:
-        key = (model, route, status)
-        series = self.request_series.get(key)
-        if series is None:  # labels() hashes and locks on every call; the few (model, route, status) series are kept
-            series = self.request_series[key] = (self.requests.labels(model, route, str(status)),
-                                                 self.request_seconds.labels(model, route))
-        series[0].inc()
-        series[1].observe(seconds)
+        self.requests.labels(model, route, str(status)).inc()
+        self.request_seconds.labels(model, route).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
