@@ -164,12 +164,13 @@ async def closed_loop(url: str, texts: list[str], concurrency: int, requests: in
         finally:
             connection.close()
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(user(i) for i in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    ok = statuses.get(200, 0)
-    return {"concurrency": concurrency, "requests": sum(statuses.values()), "seconds": elapsed, "requests_per_s": ok / elapsed,
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}, **percentiles(latencies)}
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    ok, total = statuses.get(200, 0), sum(statuses.values())
+    return {"concurrency": concurrency, "requests": total, "seconds": elapsed, "requests_per_s": ok / elapsed,
+            "statuses": {str(k): v for k, v in sorted(statuses.items())}, **percentiles(latencies),
+            "client_cpu_ms_per_request": cpu / max(total, 1) * 1000}  # the load generator's own share of the cores
 
 
 async def open_loop(url: str, texts: list[str], rate: float, seconds: float, max_in_flight: int = 512) -> dict:
@@ -424,6 +425,15 @@ def best_batch1(engines: list[dict], engine: dict) -> float:
     return min(r["batch1_p50_ms"] for r in engines if (r["artifact"], r["runtime"]) == (engine["artifact"], engine["runtime"]))
 
 
+def client_cpu(result: dict) -> str:
+    """The load generator's CPU per request at concurrency 32 against the default server, as measured."""
+    name = next(iter(result["servers"]))
+    row = next((r for r in result["servers"][name]["rows"] if r["concurrency"] == 32), None)
+    if row is None or "client_cpu_ms_per_request" not in row:
+        return "its CPU per request not measured"
+    return f"{row['client_cpu_ms_per_request']:.2f} ms of CPU per request at concurrency 32 against {name}"
+
+
 def markdown(result: dict) -> str:
     machine = result["machine"]
     lines = [f"# peftstd serve under load: `{Path(result['export']).name}`", "", f"`{result['command']}`", "",
@@ -431,7 +441,7 @@ def markdown(result: dict) -> str:
              f"onnxruntime {result['versions'].get('onnxruntime')}, openvino {result['versions'].get('openvino')}, "
              f"torch {result['versions'].get('torch')}; {result['created']}. {result['texts']} test texts "
              f"(mean {result['mean_words']:.1f} words), one text per request; the load generator (a minimal asyncio HTTP/1.1 "
-             "client, 0.1 ms of CPU per request) and the servers share the machine's cores.", "",
+             f"client, {client_cpu(result)}) and the servers share the machine's cores.", "",
              "## Engines alone (no HTTP)", "",
              "Batch 1: one text at a time, tokenization included. Batch 32: rows sorted by length in batches of 32, as the "
              "server's batcher groups them, tokenization excluded (it happens on arrival).", "",
