@@ -83,6 +83,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
     from peftstd.training.evaluate import evaluate
     from peftstd.training.flops import matmul_peak, training_flops_per_token, utilization
     from peftstd.training.optim import build_optimizer, build_scheduler, optimizer_steps, state_bytes
+    from peftstd.training.pooled_token import use_pooled_token_last_layer
     from peftstd.training.precision import resolve_precision
     from peftstd.training.selection import Selection
     from peftstd.training.threads import set_cpu_threads
@@ -144,6 +145,8 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = method.apply(model, cfg.method_section(), Wrapping(task.peft_task_type, task.head_modules(model), total_steps))
     packed_dropouts = use_packed_dropout(model) if cfg.training.cpu_dropout == "packed" and accelerator.device.type == "cpu" else 0
+    pooled_token = (use_pooled_token_last_layer(model) if cfg.training.pooled_token_last_layer
+                    else {"applied": False, "reason": "training.pooled_token_last_layer is false"})
     parameters = parameter_counts(model)
 
     # --- Optimizer, schedule, loaders ------------------------------------------------------------------
@@ -340,6 +343,7 @@ def finetune(cfg: RecipeConfig, config_path: str, resume_requested: bool = False
                 "train_seconds": train_seconds, "train_samples_per_second": state.seen / train_seconds,
                 "resumed": bool(resume_from), "cpu_threads": threads, "distributed": distributed,
                 "dropout_masks": {"setting": cfg.training.cpu_dropout, "packed_modules": packed_dropouts},
+                "pooled_token_last_layer": {"setting": cfg.training.pooled_token_last_layer, **pooled_token},
                 "optimizer": {"name": cfg.training.optimizer, "state_bytes": state_bytes(optimizer)},
                 "gradient_checkpointing": cfg.training.gradient_checkpointing,
                 "flops": utilization(flops_per_token, state.tokens, train_seconds, peak),

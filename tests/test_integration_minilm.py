@@ -19,6 +19,7 @@ def test_default_recipe_learns_real_sentiment_with_minilm(tmp_path):
     assert manifest["data"]["sizes"] == {"train": 8058, "validation": 1007, "test": 1007}
     assert manifest["data"]["truncated"] == {"train": 0, "validation": 0, "test": 0}
     assert manifest["training"]["precision"] in {"bf16", "fp32"}
+    assert manifest["training"]["pooled_token_last_layer"] == {"setting": True, "applied": True, "layer": 5}
     test = json.loads((run / "metrics.json").read_text())["test"]
     assert test["accuracy"] > 0.75, test  # 80 LoRA steps on 2,560 snippets; chance is 0.5
     assert (run / "adapter" / "adapter_model.safetensors").is_file()

@@ -48,9 +48,15 @@ def count_flops(run) -> int:
 
 
 def training_flops_per_token(model, batch: dict, loss_of) -> float:
-    """FLOPs of one training step (forward and backward) on `batch`, per padded token; the gradients it leaves are
-    cleared."""
-    flops = count_flops(lambda: loss_of(model, batch).backward())
+    """FLOPs of one training step (forward and backward) on `batch`, per padded token, counted in training mode (the
+    work a step does: a classifier's last layer may run on its pooled token alone); the gradients it leaves are
+    cleared and the model's mode restored."""
+    was_training = model.training
+    model.train()
+    try:
+        flops = count_flops(lambda: loss_of(model, batch).backward())
+    finally:
+        model.train(was_training)
     model.zero_grad(set_to_none=True)
     return flops / batch["input_ids"].numel()
 
