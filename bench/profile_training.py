@@ -48,6 +48,7 @@ def main() -> None:
     from peftstd.training.batching import train_loader
     from peftstd.training.dropout import use_packed_dropout
     from peftstd.training.optim import build_optimizer
+    from peftstd.training.pooled_token import use_pooled_token_last_layer
     from peftstd.training.precision import resolve_precision
     from peftstd.training.threads import set_cpu_threads
 
@@ -68,6 +69,8 @@ def main() -> None:
     model = method.apply(model, cfg.method_section(), Wrapping(task.peft_task_type, task.head_modules(model), 1000))
     if cfg.training.cpu_dropout == "packed":
         use_packed_dropout(model)
+    if cfg.training.pooled_token_last_layer:
+        use_pooled_token_last_layer(model)
     optimizer = build_optimizer(model, cfg.learning_rate(), cfg.training.weight_decay, cfg.training.optimizer)
     loader, generator = train_loader(encoded, task.collator(tokenizer), cfg.training.batch_size, cfg.training.group_by_length)
     generator.manual_seed(0)
@@ -99,7 +102,8 @@ def main() -> None:
     machine = hardware()
     lines = ["# Where a training step's time goes (torch.profiler)", "", f"`{shlex.join(['python', *sys.argv])}`", "",
              f"{machine['cpu']}, {threads['threads']} threads, {precision}; default recipe (MiniLM + LoRA r=16 on all linear layers, "
-             f"VADER), batch 32, max length 64, cpu_dropout {cfg.training.cpu_dropout}; {args.steps} profiled steps after 3 warm-up steps, {seconds / args.steps * 1000:.0f} ms "
+             f"VADER), batch 32, max length 64, cpu_dropout {cfg.training.cpu_dropout}, pooled_token_last_layer "
+             f"{str(cfg.training.pooled_token_last_layer).lower()}; {args.steps} profiled steps after 3 warm-up steps, {seconds / args.steps * 1000:.0f} ms "
              "per step under the profiler. Self CPU time of torch operators summed over every thread; time outside them (numpy's "
              "generator drawing packed dropout masks) is in the step time but not in the shares.", "",
              "| family | share of self CPU time |", "|---|---|",
