@@ -126,8 +126,8 @@ class TrainingSection(Section):
     pooled_token_last_layer: bool = Field(
         True, description="Sequence classification on BERT, RoBERTa or XLM-R, whose head reads only the first token: while "
         "training, the last layer computes its query, feed-forward and dropouts for that token alone (keys and values still "
-        "cover every token). The same function with less work (MiniLM: 1.17x the steps/s here, bench/README.md); evaluation "
-        "and export run the unchanged model. Ignored where it does not apply; the manifest records whether it was used.")
+        "cover every token). The same function with less work (MiniLM + LoRA: 1.13x the samples/s here, "
+        "bench/results/train_throughput.md); evaluation and export run the unchanged model. Ignored where it does not apply; the manifest records whether it was used.")
     seed: int = Field(42, description="Seed of every RNG (python, numpy, torch, data order).")
     log_every_steps: int = Field(10, ge=1, description="Log loss and learning rate every N optimizer steps.")
 
