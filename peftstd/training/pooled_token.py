@@ -3,10 +3,10 @@
 BERT-family sequence classifiers pool the first token ([CLS], `<s>`) of the last layer and nothing else, so in that
 layer every other token's query, attention output, feed-forward and dropouts are computed and thrown away. Here the
 last layer runs its query and everything after it on the first token alone, with keys and values still over every
-token: the same function (logits and gradients equal to float rounding; tests/test_pooled_token.py), with about 10/12
-of one layer's matmuls gone (a sixth of MiniLM's six layers). Only in training mode: evaluation, prediction and export
-run the model unchanged. No library does this for training (inference servers prune the same way), hence by hand;
-the layer's own submodules (and the LoRA or adapter modules inside them) run as they are, only the call order is ours.
+token: the same function (logits and gradients equal to float rounding; tests/test_pooled_token.py) without 10/12 of
+the last layer's per-token matmuls (14% of MiniLM's FLOPs per token). Only in training mode: evaluation, prediction
+and export run the model unchanged. transformers and peft have no such switch, hence by hand; the layer's own
+submodules (and the LoRA or adapter modules inside them) run as they are, only the call order is ours.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def use_pooled_token_last_layer(model: torch.nn.Module) -> dict:
     if reason:
         return {"applied": False, "reason": reason}
     inner = _underlying(model)
-    layer = getattr(inner, FIRST_TOKEN_CLASSIFIERS[type(inner).__name__]).encoder.layer[-1]
+    layers = getattr(inner, FIRST_TOKEN_CLASSIFIERS[type(inner).__name__]).encoder.layer
+    layer = layers[-1]
     full_forward = layer.forward
 
     def forward(self, hidden_states, attention_mask=None, head_mask=None, *args, output_attentions=False, **kwargs):
@@ -63,4 +64,4 @@ def use_pooled_token_last_layer(model: torch.nn.Module) -> dict:
         return (self.feed_forward_chunk(self.attention.output(attended, first)),)
 
     layer.forward = types.MethodType(forward, layer)  # on the instance: the state dict and the class stay as they are
-    return {"applied": True, "layer": len(getattr(inner, FIRST_TOKEN_CLASSIFIERS[type(inner).__name__]).encoder.layer) - 1}
+    return {"applied": True, "layer": len(layers) - 1}
