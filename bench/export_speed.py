@@ -32,7 +32,7 @@ from peftstd.export.merge import merge
 from peftstd.export.pipeline import scratch_directory
 from peftstd.run.manifest import hardware, package_versions
 from peftstd.runtime.backends import onnx_backend, torch_backend
-from peftstd.runtime.inference import runtime_settings
+from peftstd.runtime.folders import ExportFolder, RunFolder
 from peftstd.runtime.load import load_run
 from peftstd.runtime.timing import fixed_length_feed, interleaved, summary
 
@@ -97,11 +97,12 @@ def run_benchmark(args, scratch: Path) -> None:
 
     loaded = load_run(args.run)
     eager, _ = merge(loaded.model)
-    texts = [json.loads(line)["text"] for line in (Path(args.run) / "predictions" / "test.jsonl").read_text().splitlines()]
+    run = RunFolder(Path(args.run))
+    texts = [row["text"] for row in run.test_predictions()]
     results = {"command": shlex.join(sys.argv), "machine": hardware(), "versions": package_versions(),
                "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip(),
                "sequence": args.sequence, "threads": args.threads, "rows": []}
-    metrics = {"pytorch-fp32": json.loads((Path(args.run) / "metrics.json").read_text())["test"]["accuracy"]}
+    metrics = {"pytorch-fp32": run.metrics["test"]["accuracy"]}
     optimum = {} if args.no_optimum else optimum_pipeline(loaded, Path(args.run), scratch)
     test, max_length = held_out_test(loaded, Path(args.run))
     for name, path in optimum.items():
@@ -111,16 +112,16 @@ def run_benchmark(args, scratch: Path) -> None:
         feed = fixed_length_feed(loaded.tokenizer, texts, batch, args.sequence)
         backends = [torch_backend("pytorch-fp32", eager, feed), torch_backend("pytorch-bf16", eager, feed, autocast_bf16=True)]
         for export in map(Path, args.exports):
-            gate = json.loads((export / "export.json").read_text())["gate"]["artifacts"]
-            for record in gate:
-                name = f"{export.name}/{record['artifact']}"
-                backends.append(onnx_backend(name, export / record["file"], feed, args.threads))
-                metrics[name] = record["value"]
-                if record["artifact"] == "int8-dynamic" and runtime_settings(export).get("disabled_optimizers"):
-                    backends.append(onnx_backend(f"{name} (ORT defaults)", export / record["file"], feed, args.threads, []))
-                    metrics[f"{name} (ORT defaults)"] = record["value"]
+            folder = ExportFolder(export)
+            for record in folder.artifacts().values():
+                name = f"{export.name}/{record.artifact}"
+                backends.append(onnx_backend(name, export / record.file, feed, args.threads))
+                metrics[name] = record.value
+                if record.artifact == "int8-dynamic" and folder.disabled_optimizers:
+                    backends.append(onnx_backend(f"{name} (ORT defaults)", export / record.file, feed, args.threads, []))
+                    metrics[f"{name} (ORT defaults)"] = record.value
         backends += [onnx_backend(name, path, feed, args.threads) for name, path in optimum.items()]
-        disabled = next((runtime_settings(Path(e)).get("disabled_optimizers") for e in args.exports), None)
+        disabled = next((ExportFolder(Path(e)).disabled_optimizers for e in args.exports), None)
         if "optimum/int8" in optimum and disabled:
             backends.append(onnx_backend("optimum/int8 (peftstd session)", optimum["optimum/int8"], feed, args.threads, disabled))
             metrics["optimum/int8 (peftstd session)"] = metrics["optimum/int8"]

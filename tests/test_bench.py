@@ -30,6 +30,22 @@ def test_bench_times_every_backend_on_the_grid_and_writes_its_results(exported, 
     assert "p50 x1.00" in compared.stdout and "throughput x1.00" in compared.stdout
 
 
+def test_export_speed_script_of_make_demo_times_the_run_and_its_export(trained, exported, tmp_path):
+    """`make demo` ends with bench/export_speed.py; it broke once unnoticed (an import renamed away)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "speed"
+    result = subprocess.run([sys.executable, str(repo / "bench" / "export_speed.py"), str(trained["lora"]), str(exported),
+                             "--out", str(out), "--repeats", "2", "--sequence", "16", "--batches", "1", "--no-optimum"],
+                            capture_output=True, text=True, cwd=repo)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    backends = {r["backend"] for r in report["rows"]}
+    assert {"pytorch-fp32", "pytorch-bf16", "lora/fp32", "lora/int8-dynamic"} <= backends, backends
+
+
 def test_bench_refuses_what_it_cannot_time(tmp_path):
     result = peftstd("bench", str(tmp_path))
     assert result.returncode == 2 and "neither a finished run" in result.stderr
