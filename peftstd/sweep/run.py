@@ -26,6 +26,7 @@ from peftstd.sweep.trial import ENV, redacted
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "finetune.py"
 HEARTBEAT_S, GRACE_S = 5, 30
+OPEN_ATTEMPTS = 5  # storage opens tried before a schema race or a bad URL is reported
 
 
 class TrialFailed(Exception):
@@ -46,11 +47,19 @@ def open_storage(url: str):
         from optuna.storages.journal import JournalFileBackend
 
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    try:
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2), engine_kwargs={"pool_pre_ping": True})
-    except (optuna.exceptions.StorageInternalError, SQLAlchemyError, ValueError, ImportError) as error:
-        raise UserError(f"storage {redacted(url)!r} cannot be opened: {str(error).splitlines()[0]}") from None
+    # Workers started together on a new database race to create its schema, and SQLite fails the slower one ("table
+    # ... already exists", a UNIQUE constraint on alembic_version: one of two processes, most times here); its next
+    # attempt finds the schema made. An unreachable or malformed storage fails every attempt and is reported.
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2), engine_kwargs={"pool_pre_ping": True})
+        except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as error:
+            if attempt + 1 == OPEN_ATTEMPTS:
+                raise UserError(f"storage {redacted(url)!r} cannot be opened: {str(error).splitlines()[0]}") from None
+            time.sleep(0.2 * (attempt + 1))
+        except (ValueError, ImportError) as error:
+            raise UserError(f"storage {redacted(url)!r} cannot be opened: {str(error).splitlines()[0]}") from None
 
 
 def sampler_of(spec: SweepSpec):
