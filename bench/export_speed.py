@@ -98,6 +98,7 @@ def run_benchmark(args, scratch: Path) -> None:
     loaded = load_run(args.run)
     eager, _ = merge(loaded.model)
     run = RunFolder(Path(args.run))
+    exports = [ExportFolder(Path(e)) for e in args.exports]  # read once, used for every batch size
     texts = [row["text"] for row in run.test_predictions()]
     results = {"command": shlex.join(sys.argv), "machine": hardware(), "versions": package_versions(),
                "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip(),
@@ -111,17 +112,16 @@ def run_benchmark(args, scratch: Path) -> None:
     for batch in (int(b) for b in args.batches.split(",")):
         feed = fixed_length_feed(loaded.tokenizer, texts, batch, args.sequence)
         backends = [torch_backend("pytorch-fp32", eager, feed), torch_backend("pytorch-bf16", eager, feed, autocast_bf16=True)]
-        for export in map(Path, args.exports):
-            folder = ExportFolder(export)
+        for folder in exports:
             for record in folder.artifacts().values():
-                name = f"{export.name}/{record.artifact}"
-                backends.append(onnx_backend(name, export / record.file, feed, args.threads))
+                name = f"{folder.path.name}/{record.artifact}"
+                backends.append(onnx_backend(name, folder.path / record.file, feed, args.threads))
                 metrics[name] = record.value
                 if record.artifact == "int8-dynamic" and folder.disabled_optimizers:
-                    backends.append(onnx_backend(f"{name} (ORT defaults)", export / record.file, feed, args.threads, []))
+                    backends.append(onnx_backend(f"{name} (ORT defaults)", folder.path / record.file, feed, args.threads, []))
                     metrics[f"{name} (ORT defaults)"] = record.value
         backends += [onnx_backend(name, path, feed, args.threads) for name, path in optimum.items()]
-        disabled = next((ExportFolder(Path(e)).disabled_optimizers for e in args.exports), None)
+        disabled = exports[0].disabled_optimizers
         if "optimum/int8" in optimum and disabled:
             backends.append(onnx_backend("optimum/int8 (peftstd session)", optimum["optimum/int8"], feed, args.threads, disabled))
             metrics["optimum/int8 (peftstd session)"] = metrics["optimum/int8"]

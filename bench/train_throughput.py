@@ -97,17 +97,24 @@ def stock_trainer(train_samples: int, best: bool) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def recipe_run(out: Path, *arguments: str):
+    """The fine-tune recipe in a fresh process with `arguments`; its run folder."""
+    from peftstd.runtime.folders import RunFolder
+
+    name = f"run-{time.time_ns()}"
+    subprocess.run([sys.executable, str(REPO / "recipes" / "finetune.py"), *arguments, f"output.dir={out}", f"output.name={name}",
+                    "output.tensorboard=false"], check=True, capture_output=True, text=True)
+    return RunFolder(out / name)
+
+
 def peftstd_classifier(train_samples: int, out: Path, *overrides: str) -> dict:
-    name = f"classify-{time.time_ns()}"
-    command = [sys.executable, str(REPO / "recipes" / "finetune.py"), f"output.dir={out}", f"output.name={name}",
-               f"data.max_train_samples={train_samples}", "training.precision=auto", f"model.max_length={CLASSIFY['max_length']}",
-               f"training.batch_size={CLASSIFY['batch']}", f"training.learning_rate={CLASSIFY['lr']}", f"training.epochs={CLASSIFY['epochs']}",
-               "training.scheduler=linear", "evaluation.every_steps=100000", "output.tensorboard=false", *overrides]
-    subprocess.run(command, check=True, capture_output=True, text=True)
-    manifest = json.loads((out / name / "manifest.json").read_text())
-    return {"samples_per_s": manifest["training"]["train_samples_per_second"], "precision": manifest["training"]["precision"],
-            "accuracy": json.loads((out / name / "metrics.json").read_text())["test"]["accuracy"],
-            "peak_rss_mb": manifest["peak_memory"]["rss_mb"], "mfu": manifest["training"]["flops"]["mfu"]}
+    run = recipe_run(out, f"data.max_train_samples={train_samples}", "training.precision=auto", f"model.max_length={CLASSIFY['max_length']}",
+                     f"training.batch_size={CLASSIFY['batch']}", f"training.learning_rate={CLASSIFY['lr']}",
+                     f"training.epochs={CLASSIFY['epochs']}", "training.scheduler=linear", "evaluation.every_steps=100000", *overrides)
+    training = run.raw_manifest["training"]
+    return {"samples_per_s": training["train_samples_per_second"], "precision": training["precision"],
+            "accuracy": run.metrics["test"]["accuracy"], "peak_rss_mb": run.raw_manifest["peak_memory"]["rss_mb"],
+            "mfu": training["flops"]["mfu"]}
 
 
 def sft_splits():
@@ -164,22 +171,17 @@ def trl_trainer(steps: int) -> dict:
         metrics = trainer.train().metrics
         validation = trainer.evaluate()["eval_loss"]
     return {"samples_per_s": steps * SFT["batch"] / metrics["train_runtime"], "validation_loss": validation,
-            "tokens_per_example": tokens_per_example(data.train), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def peftstd_sft(steps: int, out: Path) -> dict:
-    name = f"sft-{time.time_ns()}"
-    command = [sys.executable, str(REPO / "recipes" / "finetune.py"), "--config", str(SFT_CONFIG), f"output.dir={out}", f"output.name={name}",
-               f"training.max_steps={steps}", f"evaluation.every_steps={steps}", "generation.samples=1", "output.tensorboard=false"]
-    subprocess.run(command, check=True, capture_output=True, text=True)
-    manifest = json.loads((out / name / "manifest.json").read_text())
-    history = json.loads((out / name / "metrics.json").read_text())["history"]["validation"]
-    return {"samples_per_s": manifest["training"]["train_samples_per_second"], "validation_loss": history[-1]["loss"],
-            "tokens_per_example": tokens_per_example(sft_splits().train), "peak_rss_mb": manifest["peak_memory"]["rss_mb"],
-            "mfu": manifest["training"]["flops"]["mfu"], "precision": manifest["training"]["precision"]}
+    run = recipe_run(out, "--config", str(SFT_CONFIG), f"training.max_steps={steps}", f"evaluation.every_steps={steps}", "generation.samples=1")
+    training = run.raw_manifest["training"]
+    return {"samples_per_s": training["train_samples_per_second"], "validation_loss": run.metrics["history"]["validation"][-1]["loss"],
+            "peak_rss_mb": run.raw_manifest["peak_memory"]["rss_mb"], "mfu": training["flops"]["mfu"], "precision": training["precision"]}
 
 
-def run_one(configuration: str, args, scratch: Path) -> dict:
+def run_one(configuration: str, args, scratch: Path, sft_tokens: float) -> dict:
     """One configuration in a fresh process: the recipe as a subprocess, a peer through this script's `--peer`."""
     if configuration == "peftstd-auto":
         return peftstd_classifier(args.train_samples, scratch)
@@ -192,8 +194,8 @@ def run_one(configuration: str, args, scratch: Path) -> dict:
         done = subprocess.run([sys.executable, __file__, "--peer", peer, "--train-samples", str(args.train_samples),
                                "--sft-steps", str(args.sft_steps)], check=True, capture_output=True, text=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
-    if configuration.startswith("sft-"):
-        row["tokens_per_s"] = row["samples_per_s"] * row["tokens_per_example"]
+    if configuration.startswith("sft-"):  # both sides train on the same examples through the same template
+        row |= {"tokens_per_example": sft_tokens, "tokens_per_s": row["samples_per_s"] * sft_tokens}
     return row
 
 
@@ -214,11 +216,12 @@ def main() -> None:
     import trl
 
     configurations = CLASSIFY_RUNS + SFT_RUNS
+    sft_tokens = tokens_per_example(sft_splits().train)
     results: dict[str, list[dict]] = {c: [] for c in configurations}
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):
             for configuration in configurations if round_index % 2 == 0 else configurations[::-1]:
-                row = run_one(configuration, args, Path(scratch))
+                row = run_one(configuration, args, Path(scratch), sft_tokens)
                 results[configuration].append(row)
                 speed = f"{row['tokens_per_s']:7.0f} tokens/s" if "tokens_per_s" in row else f"{row['samples_per_s']:7.1f} samples/s"
                 quality = f"validation loss {row['validation_loss']:.4f}" if "validation_loss" in row else f"accuracy {row['accuracy']:.4f}"

@@ -54,12 +54,10 @@ def open_storage(url: str):
         try:
             return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2), engine_kwargs={"pool_pre_ping": True})
-        except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as error:
-            if attempt + 1 == OPEN_ATTEMPTS:
+        except (optuna.exceptions.StorageInternalError, SQLAlchemyError, ValueError, ImportError) as error:
+            if isinstance(error, (ValueError, ImportError)) or attempt + 1 == OPEN_ATTEMPTS:  # a bad URL or driver: no retry
                 raise UserError(f"storage {redacted(url)!r} cannot be opened: {str(error).splitlines()[0]}") from None
             time.sleep(0.2 * (attempt + 1))
-        except (ValueError, ImportError) as error:
-            raise UserError(f"storage {redacted(url)!r} cannot be opened: {str(error).splitlines()[0]}") from None
 
 
 def sampler_of(spec: SweepSpec):
