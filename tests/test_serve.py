@@ -36,7 +36,7 @@ def test_classification_is_served_like_predict_and_listed(exported, start):
     expected = load_predictor(exported).predict(TEXTS)  # auto: the dynamic int8 artifact, as the server chose
     assert [o["label"] for o in outputs] == [e["label"] for e in expected]
     assert max(abs(o["probabilities"][k] - e["probabilities"][k]) for o, e in zip(outputs, expected) for k in o["probabilities"]) < 1e-4
-    listing = httpx.get(f"{server.url}/v1/models").json()["models"][0]
+    listing = httpx.get(f"{server.url}/v1/models").json()["data"][0]
     assert listing["name"] == "sentiment" and listing["task"] == "text-classification" and listing["labels"] == ["negative", "positive"]
     assert listing["artifact"] == "int8-dynamic" and listing["gate"]["passed"] and listing["exported"]
     assert listing["rows_share_calls"] is False  # dynamic int8 scales activations over the whole call: one row per call

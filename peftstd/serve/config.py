@@ -37,6 +37,10 @@ class ServeConfig(Section):
     max_body_bytes: int = Field(2_000_000, ge=1, description="request body size at most (413)")
     max_inputs: int = Field(64, ge=1, description="inputs per request at most (422)")
     max_chars: int = Field(20000, ge=1, description="characters per input text at most, checked before tokenizing (422)")
+    max_sequences: int = Field(32, ge=1, description="causal LMs: sequences in one running decode batch at most (continuous "
+                               "batching: requests join and leave it at token boundaries)")
+    prefill_tokens: int = Field(512, ge=1, description="causal LMs: prompt tokens prefilled between two decode steps at most "
+                                "(the first waiting prompt always goes in), so running sequences keep their pace")
     max_new_tokens: int = Field(48, ge=1, description="generative models: tokens generated when a request names no max_new_tokens")
     max_new_tokens_limit: int = Field(256, ge=1, description="generative models: the largest max_new_tokens a request may ask for")
     rate_limit: float = Field(0.0, ge=0, description="requests per second per API key (per client address without keys); 0: off")

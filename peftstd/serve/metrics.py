@@ -48,6 +48,17 @@ class Metrics:
                                     "refused (max_queue)", ["model"], registry=registry)
         self.drift = DriftCollector()
         registry.register(self.drift)
+        self.time_to_first_token = Histogram("peftstd_time_to_first_token_seconds", "causal LMs: time from a request's arrival "
+                                             "to its first generated token", ["model"], buckets=SECONDS, registry=registry)
+        self.inter_token = Histogram("peftstd_inter_token_latency_seconds", "causal LMs: time between two tokens of one sequence",
+                                     ["model"], buckets=SECONDS, registry=registry)
+        self.generated_tokens = Counter("peftstd_generated_tokens", "causal LMs: tokens generated", ["model"], registry=registry)
+        self.decode_rows = Histogram("peftstd_decode_batch_size", "causal LMs: sequences in one decode step (continuous "
+                                     "batching)", ["worker"], buckets=ROWS, registry=registry)
+        self.decode_seconds = Histogram("peftstd_decode_step_duration_seconds", "causal LMs: model time of one decode step",
+                                        ["worker"], buckets=SECONDS, registry=registry)
+        self.running_sequences = Gauge("peftstd_running_sequences", "causal LMs: sequences in the running decode batch",
+                                       ["worker"], registry=registry)
         self.model_info = Gauge("peftstd_model_info", "1 for each served model; what it serves is in the labels",
                                 ["model", "task", "artifact", "runtime", "export_sha256", "gate"], registry=registry)
 
@@ -71,6 +82,31 @@ class Metrics:
                 queue.observe(wait)
 
         worker.on_batch = on_batch
+
+    def add_language_model(self, served, drift=None) -> None:
+        """A causal LM's info series, its token timings and its drift window (prompts only); its worker's step
+        metrics once per worker."""
+        info, worker = served.describe(), served.worker
+        if drift is not None:
+            self.drift.windows[served.name] = drift
+        self.model_info.labels(served.name, info["task"], info["artifact"], info["runtime"], info.get("export_sha256") or "",
+                               (info.get("gate") or {}).get("status", "")).set(1)
+        self.queue_rows.labels(served.name).set_function(lambda: worker.queued)
+        self.queue_capacity.labels(served.name).set(worker.max_queue)
+        if worker.on_step is None:
+            rows, seconds = self.decode_rows.labels(worker.name), self.decode_seconds.labels(worker.name)
+            self.running_sequences.labels(worker.name).set_function(lambda: worker.running)
+
+            def on_step(count: int, took: float) -> None:
+                rows.observe(count)
+                seconds.observe(took)
+
+            def on_token(stream, first: bool, took: float) -> None:
+                name = stream.model_name
+                (self.time_to_first_token if first else self.inter_token).labels(name).observe(took)
+                self.generated_tokens.labels(name).inc()
+
+            worker.on_step, worker.on_token = on_step, on_token
 
     def observe_request(self, model: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(model, route, str(status)).inc()

@@ -14,15 +14,21 @@ from peftstd.serve.config import ServeConfig
 
 
 def model_names(exports: list[str]) -> dict[str, Path]:
-    """NAME=PATH, or PATH named after its folder (a run's `export/` folder after the run)."""
-    from peftstd.runtime.folders import ExportFolder
+    """NAME=PATH, or PATH named after its folder (a run's `export/` folder after the run). PATH is an export folder,
+    or a causal-LM LoRA run served as an adapter of its base (several such runs share one base in memory)."""
+    from peftstd.runtime.folders import ExportFolder, RunFolder
 
     named: dict[str, Path] = {}
     for spec in exports:
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
         folder = Path(path)
-        export = ExportFolder(folder)  # one line when it is no export folder
-        name = name or export.name
+        if RunFolder.holds(folder) and not ExportFolder.holds(folder):
+            from peftstd.runtime.language_model import adapter_of
+
+            adapter_of(RunFolder(folder))  # one line when the run cannot be served as an adapter
+            name = name or folder.absolute().name
+        else:
+            name = name or ExportFolder(folder).name  # one line when it is no export folder
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise UserError(f"model name {name!r} must be letters, digits, '-', '_' or '.'; name it with NAME=PATH")
         if name in named:
@@ -45,7 +51,8 @@ def check_startup(cfg: ServeConfig, exports: dict[str, Path]) -> None:
         if not read_keys(cfg.keys):
             raise UserError(f"key file {str(cfg.keys)!r} holds no keys; add one with `peftstd serve keys add NAME --keys {cfg.keys}`")
     for path in exports.values():
-        choose_artifact(ExportFolder(path), cfg.artifact, cfg.runtime)
+        if ExportFolder.holds(path):
+            choose_artifact(ExportFolder(path), cfg.artifact, cfg.runtime)
     if cfg.request_log not in (None, "-"):
         folder = Path(cfg.request_log).absolute().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):

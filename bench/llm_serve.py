@@ -1,0 +1,230 @@
+"""LLM serving on this CPU: `peftstd serve`'s continuous batching (OpenAI routes, streamed) against the server of an
+earlier commit (one prompt at a time through optimum's `generate`) and llama.cpp's own `llama-server` (continuous
+batching over `--parallel` slots, the peer a CPU user picks) on the same merged weights as GGUF files, then LoRA
+runs of one base served side by side.
+
+    python bench/llm_serve.py RUN EXPORT --adapters RUN_A RUN_B --baseline-rev f38d19d \
+        --llama-server BIN --gguf F32.gguf Q8_0.gguf --out bench/results/llm_serve
+
+llama-server is built from the llama.cpp source that the llama-cpp-python sdist vendors (CMake, -DGGML_NATIVE=ON);
+the GGUF files come from the run's merged model through that source's convert_hf_to_gguf.py and llama-quantize.
+
+Throughput: the run's chat test prompts, greedy, `--new-tokens` at most each, at each concurrency (closed loop);
+tokens/s = generated tokens / wall time; time to first token from the request to its first streamed token (the
+earlier server does not stream: its TTFT is the whole answer). Both serve the same export and artifact.
+Adapters: resident memory (RSS) of one process serving 1 and 8 adapter names (the given runs repeated under new
+names) against one process serving the merged export under 8 names; tokens/s of 8 concurrent requests to one
+adapter against the same 8 spread over 8 adapters (mixed-adapter batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import REPO, machine_line, provenance
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(models: list[str], cwd: Path = REPO, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**ENV, "PYTHONPATH": str(cwd)}
+    command = [sys.executable, "-m", "peftstd", "serve", *models, "--port", str(port), *extra]
+    return wait_ready(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port, "/v2/health/ready")
+
+
+def start_llama(binary: str, gguf: str, slots: int, context: int) -> tuple[subprocess.Popen, str]:
+    """llama-server on every core, `slots` sequences decoded together (continuous batching), `context` tokens per slot,
+    the GGUF's own chat template (--jinja)."""
+    port, threads = free_port(), str(os.cpu_count() or 1)
+    command = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-t", threads, "-tb", threads, "-np", str(slots),
+               "-c", str(slots * context), "--jinja", "--no-webui"]
+    return wait_ready(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port, "/health")
+
+
+def wait_ready(process: subprocess.Popen, port: int, path: str) -> tuple[subprocess.Popen, str]:
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server {process.args[:6]} exited {process.returncode}")
+        try:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("server not ready in 300 s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def streamed(url: str, model: str, prompt: str, tokens: int) -> tuple[float, float, int]:
+    """(seconds to the first token, seconds in all, tokens) of one streamed chat completion."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    started, first, count, chunks = time.perf_counter(), None, None, 0
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                count = event["usage"]["completion_tokens"]
+            if event.get("choices") and event["choices"][0]["delta"].get("content"):
+                chunks += 1
+                first = first if first is not None else time.perf_counter() - started
+    total = time.perf_counter() - started
+    return (first if first is not None else total), total, count if count is not None else chunks
+
+
+def whole(url: str, model: str, prompt: str, tokens: int) -> tuple[float, float, int]:
+    """The same for the earlier server's /v1 predict route, which answers only when done."""
+    started = time.perf_counter()
+    response = httpx.post(f"{url}/v1/models/{model}/predict", json={"inputs": [{"prompt": prompt, "max_new_tokens": tokens}]}, timeout=600)
+    seconds = time.perf_counter() - started
+    return seconds, seconds, response.json()["outputs"][0]["tokens"]
+
+
+def closed_loop(call, url: str, models: list[str], prompts: list[str], tokens: int, concurrency: int) -> dict:
+    """Every prompt once, `concurrency` at a time; model i % len(models) for prompt i."""
+    results, lock, index = [], threading.Lock(), iter(range(len(prompts)))
+
+    def user():
+        while True:
+            with lock:
+                i = next(index, None)
+            if i is None:
+                return
+            results.append(call(url, models[i % len(models)], prompts[i], tokens))
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=user) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    ttft = sorted(r[0] for r in results)
+    generated = sum(r[2] for r in results)
+    return {"concurrency": concurrency, "requests": len(results), "tokens": generated, "seconds": wall, "tokens_per_s": generated / wall,
+            "ttft_p50_s": ttft[len(ttft) // 2], "ttft_p99_s": ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))]}
+
+
+def rss_mb(process: subprocess.Popen) -> float:
+    import psutil
+
+    return psutil.Process(process.pid).memory_info().rss / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run")
+    parser.add_argument("export")
+    parser.add_argument("--adapters", nargs="+", required=True, help="LoRA runs of the export's base")
+    parser.add_argument("--baseline-rev", required=True, help="the commit whose server is 'today'")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--llama-server", help="llama.cpp's llama-server binary (the peer)")
+    parser.add_argument("--gguf", nargs="*", default=[], help="the run's merged model as GGUF files for llama-server")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    prompts = [json.loads(line)["prompt"] for line in (Path(args.run) / "predictions" / "test.jsonl").read_text().splitlines()]
+    prompts = (prompts * (args.prompts // len(prompts) + 1))[: args.prompts]
+    report = {**provenance(), "prompts": len(prompts), "new_tokens": args.new_tokens, "baseline_rev": args.baseline_rev, "throughput": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline_rev], cwd=REPO, check=True, capture_output=True)
+        try:
+            systems = [("peftstd serve (continuous batching)", lambda: start([f"m={args.export}"]), streamed),
+                       (f"peftstd serve at {args.baseline_rev[:7]} (one prompt at a time)", lambda: start([f"m={args.export}"], baseline), whole)]
+            systems += [(f"llama-server {Path(g).stem} (-np {max(args.concurrency)}, continuous batching)",
+                         lambda g=g: start_llama(args.llama_server, g, max(args.concurrency), 256), streamed) for g in args.gguf]
+            for system, launch, call in systems:
+                process, url = launch()
+                try:
+                    call(url, "m", prompts[0], 4)  # warm
+                    report["throughput"][system] = [closed_loop(call, url, ["m"], prompts, args.new_tokens, c) for c in args.concurrency]
+                    print(system, json.dumps(report["throughput"][system]), flush=True)
+                finally:
+                    stop(process)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO, capture_output=True)
+
+    adapters = [args.adapters[i % len(args.adapters)] for i in range(8)]
+    memory = {}
+    for label, models in (("1 adapter (pytorch base + LoRA)", [f"a0={adapters[0]}"]),
+                          ("8 adapters, one base (pytorch)", [f"a{i}={a}" for i, a in enumerate(adapters)]),
+                          ("1 merged export (onnxruntime)", [f"m0={args.export}"]),
+                          ("8 merged exports (onnxruntime)", [f"m{i}={args.export}" for i in range(8)])):
+        process, url = start(models)
+        try:
+            for name in [m.split("=")[0] for m in models]:
+                streamed(url, name, prompts[0], 8)
+            memory[label] = {"models": len(models), "rss_mb": rss_mb(process)}
+            if label.startswith("8 adapters"):
+                names = [m.split("=")[0] for m in models]
+                report["adapters_throughput"] = {"one adapter": closed_loop(streamed, url, names[:1], prompts[:32], args.new_tokens, 8),
+                                                 "8 adapters mixed": closed_loop(streamed, url, names, prompts[:32], args.new_tokens, 8)}
+            print(label, memory[label], flush=True)
+        finally:
+            stop(process)
+    report["memory"] = memory
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    systems = list(report["throughput"])
+    today = report["throughput"][systems[1]]
+    lines = ["# LLM serving: continuous batching, OpenAI routes, adapters", "", f"`{report['command']}`", "",
+             machine_line(report), "", f"{report['prompts']} chat test prompts, greedy, at most {report['new_tokens']} new tokens each, "
+             "closed loop; every system serves the run's merged model (peftstd: the export's fp32 ONNX decoder, `--artifact auto`; "
+             "llama-server: the same weights as GGUF). Ratios are tokens/s against the earlier peftstd server.", "",
+             "| concurrency | system | tokens/s | TTFT p50 (s) | TTFT p99 (s) | tokens | ratio tokens/s |", "|---|---|---|---|---|---|---|"]
+    for level, base in enumerate(today):
+        for system in systems:
+            r = report["throughput"][system][level]
+            lines.append(f"| {r['concurrency']} | {system} | {r['tokens_per_s']:.1f} | {r['ttft_p50_s']:.3f} | {r['ttft_p99_s']:.3f} | "
+                         f"{r['tokens']} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x |")
+    memory = report["memory"]
+    one = memory["1 adapter (pytorch base + LoRA)"]["rss_mb"]
+    lines += ["", "| served | resident memory (MB) | vs 1 adapter |", "|---|---|---|"]
+    lines += [f"| {label} | {m['rss_mb']:.0f} | {m['rss_mb'] / one:.2f}x |" for label, m in memory.items()]
+    mixed = report["adapters_throughput"]
+    lines += ["", "| 8 concurrent requests | tokens/s | TTFT p50 (s) |", "|---|---|---|"]
+    lines += [f"| {label} | {r['tokens_per_s']:.1f} | {r['ttft_p50_s']:.3f} |" for label, r in mixed.items()]
+    lines += ["", f"Mixed-adapter batches: {mixed['8 adapters mixed']['tokens_per_s'] / mixed['one adapter']['tokens_per_s']:.2f}x "
+              "the tokens/s of one adapter alone at the same concurrency."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
