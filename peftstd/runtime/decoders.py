@@ -33,13 +33,12 @@ class KVBatch:
     def rows(self) -> int:
         return self.mask.shape[0]
 
-    def join(self, past: Past, length: int) -> None:
-        """Append one prefilled sequence (its own cache of `length` positions), left-padding the shorter side."""
-        width = max(self.mask.shape[1], length)
-        mask = torch.zeros(1, length, dtype=torch.long).fill_(1)
+    def join(self, past: Past, mask: torch.Tensor) -> None:
+        """Append prefilled sequences (their cache and mask, rows left-padded to one width), left-padding the shorter side."""
         if not self.rows:
             self.past, self.mask = past, mask
             return
+        width = max(self.mask.shape[1], mask.shape[1])
         self.past = [(torch.cat([pad_left(k, width), pad_left(nk, width)]), torch.cat([pad_left(v, width), pad_left(nv, width)]))
                      for (k, v), (nk, nv) in zip(self.past, past)]
         self.mask = torch.cat([pad_left(self.mask, width), pad_left(mask, width)])
@@ -82,12 +81,18 @@ class Decoder:
                 adapters: list[str] | None = None) -> tuple[torch.Tensor, Past]:
         raise NotImplementedError
 
-    def prefill(self, ids: list[int], adapter: str | None = None) -> tuple[torch.Tensor, Past]:
-        """One sequence's prompt alone (no padding): its next-token logits [vocab] and its cache."""
-        input_ids = torch.tensor([ids], dtype=torch.long)
-        logits, past = self.forward(input_ids, torch.ones_like(input_ids), torch.arange(len(ids)).unsqueeze(0), None,
-                                    [adapter] if adapter else None)
-        return logits[0], past
+    def prefill(self, prompts: list[list[int]], adapters: list[str | None] | None = None) -> tuple[torch.Tensor, Past, torch.Tensor]:
+        """Prompts in one forward, left-padded to the longest: each one's next-token logits [rows, vocab], the cache
+        and its mask. A prompt's positions count its own tokens, so padding changes its logits only by float rounding."""
+        width = max(len(p) for p in prompts)
+        input_ids = torch.zeros(len(prompts), width, dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        logits, past = self.forward(input_ids, mask, positions, None, adapters if adapters and any(adapters) else None)
+        return logits, past, mask
 
 
 class OnnxDecoder(Decoder):

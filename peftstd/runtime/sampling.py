@@ -48,7 +48,8 @@ class Sequence:
     tokenizer: object
     end_ids: frozenset[int]
     adapter: str | None = None
-    tokens: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # the text's ids (an end-of-turn token is not text)
+    generated: int = 0  # tokens the model produced, the end-of-turn token included (OpenAI's completion_tokens)
     released: int = 0  # characters of the text already handed out
     finish_reason: str | None = None  # "stop" or "length" once finished
     text: str = ""
@@ -65,6 +66,7 @@ class Sequence:
     def add(self, token: int) -> str:
         """Take one generated token; the new text that may be released (possibly ''), and `finish_reason` set when
         the sequence ended (end-of-turn token, a stop string, or the token budget)."""
+        self.generated += 1
         if token in self.end_ids:
             self.finish_reason = "stop"
             return self.release(final=True)

@@ -3,9 +3,8 @@ leave at token boundaries (Orca, vLLM and TGI schedule this way), each row with 
 settings and adapter.
 
 A thread owns the batch. Between two decode steps it drops rows whose client went away or that finished,
-prefills waiting requests (each alone, so a prompt's cache is the one it would have served alone, within a token
-budget per step so that running rows keep their pace), runs adapter loads and unloads, then runs one step for
-every row. Tokens reach the event loop as they are chosen, through each request's asyncio queue.
+prefills waiting requests together (left-padded, within a token budget per step so that running rows keep their
+pace), runs adapter loads and unloads, then runs one step for every row. Tokens reach the event loop as they are chosen, through each request's asyncio queue.
 
 Written here rather than taken from a library: vLLM and TGI do not run on these CPUs' Python stack, and
 transformers' own continuous-batching manager (4.57) takes one generation config for every request and knows
@@ -53,6 +52,7 @@ class Stream:
 class GenerationStats:
     steps: int = 0
     rows: int = 0  # summed over steps: rows / steps is the mean decode batch
+    largest: int = 0  # rows of the largest decode batch so far
     prefills: int = 0
     tokens: int = 0
     cancelled: int = 0
@@ -143,8 +143,8 @@ class GenerationWorker:
                     loop.call_soon_threadsafe(settle, future, None, error)
                 else:
                     loop.call_soon_threadsafe(settle, future, result, None)
-            for stream in admitted:
-                self.prefill(stream)
+            if admitted:
+                self.prefill(admitted)
             self.drop_finished()
             if self.active:
                 self.step()
@@ -157,33 +157,39 @@ class GenerationWorker:
         return ready
 
     def admit(self) -> list[Stream]:
-        """The oldest waiting requests, while rows are free and their prompts fit this step's prefill budget
-        (the first always goes in)."""
-        admitted, tokens = [], 0
+        """The oldest waiting requests, while rows are free and their prompts, padded to the longest, fit this step's
+        prefill budget (the first always goes in)."""
+        admitted, width = [], 0
         while self.waiting and len(self.active) + len(admitted) < self.max_sequences:
             stream = self.waiting[0]
             if stream.cancelled:
                 self.waiting.popleft()
                 self.stats.cancelled += 1
                 continue
-            if admitted and tokens + len(stream.sequence.prompt) > self.prefill_tokens:
+            longest = max(width, len(stream.sequence.prompt))
+            if admitted and (len(admitted) + 1) * longest > self.prefill_tokens:
                 break
             admitted.append(self.waiting.popleft())
-            tokens += len(stream.sequence.prompt)
+            width = longest
         return admitted
 
-    def prefill(self, stream: Stream) -> None:
-        sequence = stream.sequence
+    def prefill(self, streams: list[Stream]) -> None:
+        """The admitted prompts in one forward; each row's first token, and the unfinished rows join the batch."""
+        sequences = [s.sequence for s in streams]
         try:
-            logits, past = self.decoder.prefill(sequence.prompt, sequence.adapter)
-        except Exception as error:  # noqa: BLE001 - a model failure answers its request; the batch lives on
-            stream.emit("error", f"generation failed ({type(error).__name__}: {error})")
+            logits, past, mask = self.decoder.prefill([s.prompt for s in sequences], [s.adapter for s in sequences])
+        except Exception as error:  # noqa: BLE001 - a model failure answers its requests; the batch lives on
+            for stream in streams:
+                stream.emit("error", f"generation failed ({type(error).__name__}: {error})")
             return
-        self.stats.prefills += 1
-        self.deliver(stream, sequence.choose(logits))
-        if not sequence.finished:
-            self.batch.join(past, len(sequence.prompt))
-            self.active.append(stream)
+        self.stats.prefills += len(streams)
+        for stream, row in zip(streams, logits):
+            self.deliver(stream, stream.sequence.choose(row))
+        keep = [i for i, s in enumerate(streams) if not s.sequence.finished]
+        if keep:
+            index = torch.tensor(keep, dtype=torch.long)
+            self.batch.join([(k.index_select(0, index), v.index_select(0, index)) for k, v in past], mask.index_select(0, index))
+            self.active.extend(streams[i] for i in keep)
 
     def step(self) -> None:
         rows = self.active
@@ -203,6 +209,7 @@ class GenerationWorker:
         self.batch.grow(present)
         self.stats.steps += 1
         self.stats.rows += len(rows)
+        self.stats.largest = max(self.stats.largest, len(rows))
         self.stats.step_seconds += seconds
         if self.on_step:
             self.on_step(len(rows), seconds)
@@ -269,7 +276,8 @@ class ServedLanguageModel:
         return {**self.model.info, "adapter": self.adapter, "max_length": self.model.window,
                 "batching": "continuous (iteration-level)", "running_sequences": self.worker.running,
                 "waiting_requests": self.worker.queued, "decode_steps": stats.steps,
-                "mean_decode_batch": stats.rows / stats.steps if stats.steps else 0.0, "generated_tokens": stats.tokens,
+                "mean_decode_batch": stats.rows / stats.steps if stats.steps else 0.0,
+                "largest_decode_batch": stats.largest, "generated_tokens": stats.tokens,
                 "cancelled": stats.cancelled}
 
 

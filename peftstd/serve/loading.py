@@ -62,10 +62,9 @@ def warm_up_generation(worker) -> None:
     """A prefill and a few decode steps of one and of two rows, so the first requests pay no first-call costs."""
     decoder = worker.decoder
     for rows in (1, 2):
+        _, past, mask = decoder.prefill([[1, 2, 3]] * rows)
         batch = KVBatch()
-        for _ in range(rows):
-            _, past = decoder.prefill([1, 2, 3])
-            batch.join(past, 3)
+        batch.join(past, mask)
         for step in range(3):
             ids, positions = torch.ones(rows, 1, dtype=torch.long), torch.full((rows, 1), 3 + step, dtype=torch.long)
             mask = torch.cat([batch.mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)

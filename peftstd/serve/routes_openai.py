@@ -218,9 +218,9 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
             text, finish = await collect(stream, cfg.deadline_ms / 1000, served.worker)
         finally:
             watcher.cancel()
-        entry["outputs"], entry["completion_tokens"] = [text], len(sequence.tokens)
-        usage = {"prompt_tokens": len(prompt), "completion_tokens": len(sequence.tokens),
-                 "total_tokens": len(prompt) + len(sequence.tokens)}
+        entry["outputs"], entry["completion_tokens"] = [text], sequence.generated
+        usage = {"prompt_tokens": len(prompt), "completion_tokens": sequence.generated,
+                 "total_tokens": len(prompt) + sequence.generated}
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
                   if chat else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
         answer = {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
@@ -276,7 +276,7 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
                     yield b"data: " + json.dumps({"error": {"message": value, "type": "service_unavailable", "param": None,
                                                             "code": None}}).encode() + b"\n\n"
                     break
-            tokens = len(stream.sequence.tokens)
+            tokens = stream.sequence.generated
             if include_usage:
                 usage = {"prompt_tokens": len(stream.sequence.prompt), "completion_tokens": tokens,
                          "total_tokens": len(stream.sequence.prompt) + tokens}
@@ -287,7 +287,7 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
             watcher.cancel()
             if not stream.sequence.finished:
                 worker.cancel(stream)
-            entry["outputs"], entry["completion_tokens"] = ["".join(pieces)], len(stream.sequence.tokens)
+            entry["outputs"], entry["completion_tokens"] = ["".join(pieces)], stream.sequence.generated
 
     async def watch(request: Request, worker, stream) -> None:
         """When the client closes the connection, its row leaves the batch at the next token boundary."""
