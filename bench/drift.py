@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import random
-import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from provenance import machine_line, provenance
 
 from peftstd.basics.atomic import write_json, write_text
 from peftstd.runtime import drift
@@ -80,7 +81,6 @@ def main() -> int:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
 
-    from peftstd.run.manifest import hardware
     from peftstd.runtime.predictors import load_predictor
 
     export_dir = Path(args.export).resolve()
@@ -88,8 +88,8 @@ def main() -> int:
     reference = predictor.export.monitor
     if reference is None:
         raise SystemExit(f"{export_dir} has no monitor.json; re-export the run")
-    result = {"command": shlex.join(["python", *sys.argv]), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "export": str(export_dir), "artifact": predictor.record.artifact, "machine": hardware(), "streams": {}}
+    result = {**provenance(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "export": str(export_dir), "artifact": predictor.record.artifact, "streams": {}}
     texts = streams(predictor.export, args.texts)
     for name, values in texts.items():
         figures = drift.compare(reference, drift.observe_inputs(predictor, values))
@@ -110,7 +110,7 @@ def main() -> int:
 def markdown(result: dict) -> str:
     features = ["label", "confidence", "length", "truncated", "unknown_tokens"]
     lines = [f"# Prediction drift of `{Path(result['export']).parent.name}` ({result['artifact']})", "", f"`{result['command']}`", "",
-             f"{result['machine']['cpu']}; {result['created']}. PSI (and Jensen-Shannon distance) of each feature against the "
+             f"{machine_line(result)}; {result['created']}. PSI (and Jensen-Shannon distance) of each feature against the "
              "export's monitor.json (its held-out test split). PSI below 0.1 no change, 0.1-0.25 moderate, above 0.25 major; "
              "JS distance above 0.1 is major for the categorical features (label, truncated, unknown_tokens).", "",
              "| stream | texts | " + " | ".join(features) + " | verdict |", "|---|---|" + "---|" * (len(features) + 1)]

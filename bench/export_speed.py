@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,9 +26,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from provenance import machine_line, provenance
+
 from peftstd.export.merge import merge
 from peftstd.export.pipeline import scratch_directory
-from peftstd.run.manifest import hardware, package_versions
 from peftstd.runtime.backends import onnx_backend, torch_backend
 from peftstd.runtime.folders import ExportFolder, RunFolder
 from peftstd.runtime.load import load_run
@@ -100,9 +99,7 @@ def run_benchmark(args, scratch: Path) -> None:
     run = RunFolder(Path(args.run))
     exports = [ExportFolder(Path(e)) for e in args.exports]  # read once, used for every batch size
     texts = [row["text"] for row in run.test_predictions()]
-    results = {"command": shlex.join(sys.argv), "machine": hardware(), "versions": package_versions(),
-               "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip(),
-               "sequence": args.sequence, "threads": args.threads, "rows": []}
+    results = {**provenance(), "sequence": args.sequence, "threads": args.threads, "rows": []}
     metrics = {"pytorch-fp32": run.metrics["test"]["accuracy"]}
     optimum = {} if args.no_optimum else optimum_pipeline(loaded, Path(args.run), scratch)
     test, max_length = held_out_test(loaded, Path(args.run))
@@ -139,7 +136,7 @@ def run_benchmark(args, scratch: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"# Export speed, sequence {args.sequence}, {args.threads} threads", "", f"`{results['command']}`", "",
-             f"Machine: {results['machine']['cpu']} ({results['machine']['cores']} cores, {', '.join(results['machine']['isa'])}); commit {results['git'][:10]}", "",
+             f"Machine: {machine_line(results)}", "",
              "| batch | backend | p50 ms | p95 ms | p99 ms | samples/s | speed-up vs PyTorch fp32 | test accuracy |", "|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         accuracy = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -25,8 +24,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from provenance import provenance
+
 from peftstd.export.merge import merge
-from peftstd.run.manifest import hardware, package_versions
 from peftstd.runtime.engines import load_generative, quiet
 from peftstd.runtime.load import load_run
 from peftstd.runtime.taskdata import run_splits
@@ -104,10 +104,10 @@ def main() -> int:
         record = gate.get(name.removeprefix("onnxruntime-"), {})
         rows.append({"backend": name, "ms_per_token_p50": statistics.median(values), "speedup_vs_pytorch_fp32": baseline / statistics.median(values),
                      "test_perplexity": record.get("value"), "size_mb": report["sizes_mb"].get(record.get("file"))})
-    result = {"command": shlex.join(["python", *sys.argv]), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    result = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "run": str(run), "export": str(folder), "prompts": args.prompts, "new_tokens": args.new_tokens, "repeats": args.repeats,
               "threads": torch.get_num_threads(), "trained_perplexity": report["gate"]["trained_metric"], "gate": report["gate"],
-              "machine": hardware(), "versions": package_versions(), "rows": rows, "raw_ms_per_token": times}
+              **provenance(), "rows": rows, "raw_ms_per_token": times}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -39,11 +39,11 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from peftstd.basics.hardware import hardware
     from peftstd.config import load_config
     from peftstd.data import load_splits
     from peftstd.methods import Wrapping, get_method
     from peftstd.models import resolve_model
-    from peftstd.run.manifest import hardware
     from peftstd.tasks import get_task
     from peftstd.training.batching import train_loader
     from peftstd.training.dropout import use_packed_dropout

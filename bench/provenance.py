@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def provenance(**extra_versions: str) -> dict:
     """The report's header fields; `extra_versions` adds packages outside the manifest's list (e.g. trl)."""
-    from peftstd.run.manifest import hardware, package_versions
+    from peftstd.basics.hardware import hardware
+    from peftstd.run.manifest import package_versions
 
     return {"command": shlex.join(["python", *sys.argv]),
             "git": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip(),

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import shlex
 import socket
 import subprocess
 import sys
@@ -33,7 +32,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from peftstd.run.manifest import hardware, package_versions
+from provenance import provenance
+
 from peftstd.runtime.folders import ExportFolder, RunFolder
 
 HAND = "FastAPI + transformers pipeline (PyTorch {precision})"
@@ -346,9 +346,9 @@ def main() -> int:
     run = folder.source_run
     texts = [r["text"] for r in RunFolder(run.path).test_predictions()][: args.texts]
     levels = [int(c) for c in args.concurrency.split(",")]
-    result = {"command": shlex.join(["python", *sys.argv]), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    result = {**provenance(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "export": str(export), "texts": len(texts), "mean_words": float(np.mean([len(t.split()) for t in texts])),
-              "machine": hardware(), "versions": package_versions(), "threads": args.threads}
+              "threads": args.threads}
 
     result["engines"] = engines_alone(export, texts, args.threads, args.repeats)
     result["fastest_engine"] = max(result["engines"], key=lambda r: r["batch32_texts_per_s"])

@@ -87,8 +87,9 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
     from tqdm.auto import tqdm
 
     from peftstd.basics.console import console as make_console
+    from peftstd.basics.hardware import hardware
     from peftstd.export.merge import merge
-    from peftstd.run.manifest import hardware, package_versions
+    from peftstd.run.manifest import package_versions
     from peftstd.runtime.load import load_run
     from peftstd.runtime.timing import fixed_length_feed, interleaved, summary
 

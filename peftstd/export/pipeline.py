@@ -94,10 +94,10 @@ def export_run(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
 
 
 def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
+    from peftstd.basics.hardware import hardware
     from peftstd.export.merge import max_abs_difference, merge
     from peftstd.export.onnx_export import export_onnx, op_histogram, optimize_graph
     from peftstd.export.verify import judge, metric_points, worst_initializer
-    from peftstd.run.manifest import hardware
     from peftstd.runtime.inference import onnx_logits, onnx_session, torch_logits
     from peftstd.runtime.load import load_run
     from peftstd.runtime.taskdata import run_splits, task_data

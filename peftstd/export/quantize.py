@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peftstd.training.precision import cpu_flags
+from peftstd.basics.hardware import cpu_flags
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from peftstd import __version__
+from peftstd.basics.hardware import hardware
 from peftstd.basics.hashing import sha256_file
 from peftstd.config.schema import SCHEMA_VERSION
-from peftstd.training.precision import cpu_flags
 
 PACKAGES = (
     "torch", "transformers", "peft", "accelerate", "adapters", "bitsandbytes", "tokenizers", "safetensors",
@@ -26,7 +26,6 @@ PACKAGES = (
     "openvino", "fastapi", "uvicorn",
 )
 LAUNCHER_VARS = ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS")
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
 
 
 def package_versions() -> dict[str, str]:
@@ -37,28 +36,6 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return versions
-
-
-def hardware() -> dict[str, Any]:
-    cpu_model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu_model,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "isa": sorted(cpu_flags().intersection(ISA_FLAGS)),
-        "platform": platform.platform(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def git_commit(where: Path) -> dict[str, Any] | None:

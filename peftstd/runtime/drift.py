@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 
-from peftstd.runtime.folders import Record
+from peftstd.runtime.folders import OTHER, FeatureProfile, MonitorRecord
 
 PSI_MODERATE, PSI_MAJOR, JS_DRIFT = 0.1, 0.25, 0.1
 FLOOR = 1e-4
@@ -31,34 +30,6 @@ CONFIDENCE_EDGES = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]  # top-class probabilit
 LENGTH_BINS = 10  # deciles of the reference's input lengths
 CATEGORICAL = ("label", "truncated", "unknown_tokens")
 NONE = "(none)"  # NER: a text without entities
-OTHER = "(other)"  # a label the reference never had
-
-
-class FeatureProfile(Record):
-    """Counts of one feature over its bins: `categories` for a categorical feature, else the inner `edges` of a
-    histogram (len(edges) + 1 bins, each [edge, next edge))."""
-
-    categories: list[str] | None = None
-    edges: list[float] | None = None
-    counts: list[int]
-
-    def bin(self, values: list) -> np.ndarray:
-        if self.categories is not None:
-            index = {c: i for i, c in enumerate(self.categories)}
-            other = index.get(OTHER, len(self.categories) - 1)
-            return np.bincount(np.array([index.get(v, other) for v in values], dtype=np.int64), minlength=len(self.categories))
-        return np.bincount(np.searchsorted(self.edges, np.asarray(values, dtype=np.float64), side="right"), minlength=len(self.edges) + 1)
-
-
-class MonitorRecord(Record):
-    """monitor.json of an export folder: the reference distributions drift is measured against."""
-
-    split: str = "test"
-    examples: int
-    artifact: str
-    runtime: str
-    features: dict[str, FeatureProfile]
-    rates: dict[str, float] = Field(default_factory=dict)
 
 
 @dataclass

@@ -13,7 +13,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from peftstd.errors import UserError
 from peftstd.tasks import GENERATIVE_TASKS
@@ -98,6 +99,36 @@ class ExportRecord(Record):
     task_settings: dict[str, Any] | None = None
     files: dict[str, str] = {}
     created: str | None = None
+
+
+OTHER = "(other)"  # a label the drift reference never had
+
+
+class FeatureProfile(Record):
+    """Counts of one feature over its bins: `categories` for a categorical feature, else the inner `edges` of a
+    histogram (len(edges) + 1 bins, each [edge, next edge))."""
+
+    categories: list[str] | None = None
+    edges: list[float] | None = None
+    counts: list[int]
+
+    def bin(self, values: list) -> np.ndarray:
+        if self.categories is not None:
+            index = {c: i for i, c in enumerate(self.categories)}
+            other = index.get(OTHER, len(self.categories) - 1)
+            return np.bincount(np.array([index.get(v, other) for v in values], dtype=np.int64), minlength=len(self.categories))
+        return np.bincount(np.searchsorted(self.edges, np.asarray(values, dtype=np.float64), side="right"), minlength=len(self.edges) + 1)
+
+
+class MonitorRecord(Record):
+    """monitor.json of an export folder: the reference distributions drift (`runtime/drift.py`) is measured against."""
+
+    split: str = "test"
+    examples: int
+    artifact: str
+    runtime: str
+    features: dict[str, FeatureProfile]
+    rates: dict[str, float] = Field(default_factory=dict)
 
 
 def read_json(path: Path) -> Any:
@@ -229,9 +260,7 @@ class ExportFolder(Folder):
 
     @cached_property
     def monitor(self):
-        """The drift reference (monitor.json, a `drift.MonitorRecord`), or None for exports made before peftstd wrote one."""
-        from peftstd.runtime.drift import MonitorRecord
-
+        """The drift reference (monitor.json), or None for exports made before peftstd wrote one."""
         path = self.path / "monitor.json"
         return read_record(path, MonitorRecord) if path.is_file() else None
 

@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
+
+from peftstd.sweep.storage import redacted
 
 ENV = "PEFTSTD_SWEEP_TRIAL"
-
-
-def redacted(url: str) -> str:
-    """A storage URL without its password."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 class SweepTrial:
     def __init__(self, storage: str, study: str, trial_id: int, number: int, params: dict, pruner: dict):
         import optuna
 
-        from peftstd.sweep.run import open_storage, pruner_of
         from peftstd.sweep.spec import Pruner
+        from peftstd.sweep.storage import open_storage, pruner_of
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study_name, self.storage, self.number, self.params = study, storage, number, params

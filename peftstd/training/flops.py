@@ -65,8 +65,8 @@ def matmul_peak(dtype: torch.dtype, threads: int, device: torch.device | str = "
     """FLOP/s of the fastest of `repeats` square matmuls of `dtype` on `device` (CPU: at `threads` threads), cached
     in peftstd's cache folder per processor, thread count and dtype."""
     from peftstd.basics.atomic import write_json
+    from peftstd.basics.hardware import hardware
     from peftstd.data.cache import cache_dir
-    from peftstd.run.manifest import hardware
 
     device = torch.device(device)
     processor = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{hardware()['cpu']}|threads={threads}"
