@@ -10,6 +10,7 @@ from pathlib import Path
 from peftstd.errors import UserError
 from peftstd.runtime.decoders import Decoder, OnnxDecoder, TorchDecoder
 from peftstd.runtime.folders import ExportFolder, RunFolder
+from peftstd.runtime.load import adapter_of
 
 
 @dataclass
@@ -73,24 +74,11 @@ def export_language_model(export: ExportFolder, artifact: str = "auto", threads:
     return LanguageModel(decoder, tokenizer, end_ids(tokenizer, folder), window_of(folder), info)
 
 
-def adapter_of(run: RunFolder) -> Path:
-    """A causal-LM LoRA run's adapter folder; one line for a run that cannot share its base."""
-    manifest = run.manifest
-    if run.task != "causal-lm":
-        raise UserError(f"{str(run.path)!r} is a {run.task} run; runs served as adapters must be causal-lm (serve its export instead)")
-    if manifest.method.name != "lora":
-        raise UserError(f"{str(run.path)!r} trained method {manifest.method.name}; only lora runs share a base as adapters "
-                        "(serve its export instead)")
-    if manifest.base_model.quantization:
-        raise UserError(f"{str(run.path)!r} trained on a quantized base; serve its export (the gate judged it against that base)")
-    return run.path / "adapter"
-
-
 def runs_language_model(runs: dict[str, RunFolder], threads: int | None = None) -> LanguageModel:
     """One PyTorch base with every run's LoRA adapter loaded under its served name."""
     from transformers import AutoTokenizer
 
-    adapters = {name: adapter_of(run) for name, run in runs.items()}
+    adapters = {name: adapter_of(run, "causal-lm") for name, run in runs.items()}
     bases = {run.manifest.base_model.path for run in runs.values()}
     if len(bases) > 1:
         raise UserError(f"adapter runs served together must share one base model; these have {', '.join(sorted(bases))}")

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peftstd.errors import UserError
 from peftstd.runtime.folders import RunFolder
+
+SERVED_AS_ADAPTERS = ("causal-lm", "text-classification")  # tasks whose LoRA runs `peftstd serve` loads onto a shared base
 
 
 @dataclass
@@ -48,3 +51,18 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         model = method.load(task, Path(run.manifest.base_model.path), weights_dir, run.labels, run.manifest.base_model.quantization_section())
     model.eval()
     return LoadedRun(model, AutoTokenizer.from_pretrained(weights_dir), run.labels, manifest)
+
+
+def adapter_of(run: RunFolder, task: str | None = None) -> Path:
+    """A LoRA run's adapter folder, to serve the run as an adapter of its base (a `task` run, or any task that
+    `peftstd serve` shares bases for); one line for a run that cannot share its base."""
+    manifest, tasks = run.manifest, (task,) if task else SERVED_AS_ADAPTERS
+    if run.task not in tasks:
+        raise UserError(f"{str(run.path)!r} is a {run.task} run; runs served as adapters here must be {' or '.join(tasks)} "
+                        "(serve its export instead)")
+    if manifest.method.name != "lora":
+        raise UserError(f"{str(run.path)!r} trained method {manifest.method.name}; only lora runs share a base as adapters "
+                        "(serve its export instead)")
+    if manifest.base_model.quantization:
+        raise UserError(f"{str(run.path)!r} trained on a quantized base; serve its export (the gate judged it against that base)")
+    return run.path / "adapter"

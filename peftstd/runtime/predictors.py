@@ -106,6 +106,11 @@ class Predictor:
         self.engine = open_engine(self.path, self.runtime, threads, self.export.disabled_optimizers, spinning, streams)
         self.device, self.streams = self.engine.device, self.engine.streams
 
+    @property
+    def monitor(self):
+        """The drift reference the export was made with (monitor.json), or None."""
+        return self.export.monitor
+
     def describe(self) -> dict:
         gate = self.export.record.gate
         return {"task": self.task, "labels": self.labels if not self.generative and self.task != "question-answering" else [],

@@ -20,6 +20,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # generate past the end-of-turn token, up to max_tokens (vLLM's benchmark switch)
 
     @property
     def greedy(self) -> bool:
@@ -67,7 +68,7 @@ class Sequence:
         """Take one generated token; the new text that may be released (possibly ''), and `finish_reason` set when
         the sequence ended (end-of-turn token, a stop string, or the token budget)."""
         self.generated += 1
-        if token in self.end_ids:
+        if token in self.end_ids and not self.sampling.ignore_eos:
             self.finish_reason = "stop"
             return self.release(final=True)
         self.tokens.append(token)

@@ -297,7 +297,7 @@ def open_language_models(exports: dict, cfg) -> dict[str, ServedLanguageModel]:
                 model = export_language_model(export, cfg.artifact, cfg.threads, spinning=False)
                 worker = GenerationWorker(name, model.decoder, cfg.max_sequences, cfg.max_queue, cfg.prefill_tokens)
                 served[name] = ServedLanguageModel(name, worker, model, None, str(Path(path)))
-        elif RunFolder.holds(path):
+        elif RunFolder.holds(path) and RunFolder(path).task == "causal-lm":
             runs[name] = RunFolder(path)
     if runs:
         model = runs_language_model(runs, cfg.threads)

@@ -37,10 +37,10 @@ async def load_models(state: ServerState) -> None:
             worker = ModelWorker(name, predictor, state.cfg.max_batch_size, state.cfg.max_batch_tokens, state.cfg.max_queue,
                                  state.cfg.max_wait_ms, state.cfg.max_padding)
             await loop.run_in_executor(None, warm_up, predictor, state.cfg)
-            reference = predictor.export.monitor
+            reference = predictor.monitor
             if reference is not None:
                 state.drift[name] = DriftWindow(reference, state.cfg.drift_window, state.cfg.drift_window_s)
-            else:
+            elif predictor.export is not None:
                 print(f"peftstd serve: {name}: no monitor.json in {path} (exported before peftstd wrote one); "
                       "no drift metrics for it (re-export to get them)", flush=True)
             state.metrics.add_model(name, worker, state.drift.get(name))

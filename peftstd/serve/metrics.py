@@ -67,7 +67,7 @@ class Metrics:
         window (a `drift.DriftWindow`, None for an export without monitor.json)."""
         info = worker.predictor.describe()
         self.model_info.labels(name, info["task"], info["artifact"], info["runtime"], info.get("export_sha256") or "",
-                               info["gate"]["status"]).set(1)
+                               (info.get("gate") or {}).get("status", "")).set(1)  # an adapter run has no gate
         self.queue_rows.labels(name).set_function(lambda: worker.queued_rows)
         self.queue_capacity.labels(name).set(worker.max_queue)
         if drift is not None:

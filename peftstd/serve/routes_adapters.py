@@ -25,7 +25,7 @@ def add_adapter_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/adapters", summary="load a LoRA run as a new model name on the served base (scope admin)")
     async def load_adapter(request: Request):
         from peftstd.runtime.folders import RunFolder
-        from peftstd.runtime.language_model import adapter_of
+        from peftstd.runtime.load import adapter_of
 
         state.authorize(request, "admin")
         body = await state.read_body(request)
@@ -45,7 +45,7 @@ def add_adapter_routes(app: FastAPI, state: ServerState) -> None:
             raise state.reject("input", 409, "no adapter base is served: start `peftstd serve` with at least one LoRA run")
         try:
             run = RunFolder(path)
-            folder = adapter_of(run)
+            folder = adapter_of(run, "causal-lm")
         except UserError as error:
             raise state.reject("input", 422, str(error)) from None
         decoder = served[0].worker.decoder

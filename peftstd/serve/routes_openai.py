@@ -97,6 +97,7 @@ class Settings(BaseModel):
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logprobs: bool | None = None
+    ignore_eos: bool = False  # vLLM's and llama.cpp's extension (the openai client's extra_body): up to max_tokens regardless
 
 
 class ChatRequest(Settings):
@@ -148,7 +149,8 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         if len(stop) > 4 or any(not s for s in stop):
             raise OpenAIError(400, "stop takes up to 4 non-empty strings", param="stop")
-        return Sampling(min(wanted, window - prompt_tokens), request.temperature, request.top_p, request.seed, tuple(stop))
+        return Sampling(min(wanted, window - prompt_tokens), request.temperature, request.top_p, request.seed, tuple(stop),
+                        request.ignore_eos)
 
     def prompt_of(request: Settings, lm) -> list[int]:
         if isinstance(request, ChatRequest):

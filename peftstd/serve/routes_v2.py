@@ -49,7 +49,7 @@ def add_v2_routes(app: FastAPI, state: ServerState) -> list:
                     "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
                     "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}]}
         model = state.worker(name)
-        return {"name": name, "versions": ["1"], "platform": f"{model.predictor.runtime}_onnx",
+        return {"name": name, "versions": ["1"], "platform": f"{model.predictor.runtime}_{'peft' if model.predictor.runtime == 'pytorch' else 'onnx'}",
                 "inputs": v2_inputs(model), "outputs": v2_outputs(model)}
 
     @app.post("/v2/models/{name}/versions/{version}/infer")

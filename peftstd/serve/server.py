@@ -15,7 +15,8 @@ from peftstd.serve.config import ServeConfig
 
 def model_names(exports: list[str]) -> dict[str, Path]:
     """NAME=PATH, or PATH named after its folder (a run's `export/` folder after the run). PATH is an export folder,
-    or a causal-LM LoRA run served as an adapter of its base (several such runs share one base in memory)."""
+    or a causal-LM or text-classification LoRA run served as an adapter of its base (runs of one base share it in
+    memory)."""
     from peftstd.runtime.folders import ExportFolder, RunFolder
 
     named: dict[str, Path] = {}
@@ -23,7 +24,7 @@ def model_names(exports: list[str]) -> dict[str, Path]:
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
         folder = Path(path)
         if RunFolder.holds(folder) and not ExportFolder.holds(folder):
-            from peftstd.runtime.language_model import adapter_of
+            from peftstd.runtime.load import adapter_of
 
             adapter_of(RunFolder(folder))  # one line when the run cannot be served as an adapter
             name = name or folder.absolute().name
@@ -71,6 +72,8 @@ def default_streams(streams: int | None) -> int:
 def serve(cfg: ServeConfig, exports: dict[str, Path]) -> int:
     import uvicorn
 
+    from peftstd.runtime.classifier_adapters import adapter_predictors
+    from peftstd.runtime.folders import ExportFolder, RunFolder
     from peftstd.runtime.predictors import load_predictor
     from peftstd.serve.app import Lifecycle, RateLimiter, ServerState, create_app
     from peftstd.serve.keys import KeyRing
@@ -81,7 +84,15 @@ def serve(cfg: ServeConfig, exports: dict[str, Path]) -> int:
     # requests/s at concurrency 32 (sentiment export, 2 cores, 8 alternating rounds against the default).
     sys.setswitchinterval(0.0005)
 
+    runs = {name: RunFolder(path) for name, path in exports.items() if RunFolder.holds(path) and not ExportFolder.holds(path)}
+    classifier_runs = {name: run for name, run in runs.items() if run.task != "causal-lm"}
+    shared: dict = {}  # classification runs' predictors, their bases loaded once, at the first one's turn
+
     def load(name: str, path: Path):
+        if name in classifier_runs:
+            if not shared:
+                shared.update(adapter_predictors(classifier_runs, cfg.threads))
+            return shared[name]
         # No spinning: the model thread shares the cores with the event loop and the tokenizers, and ONNX Runtime's
         # intra-op threads busy-waiting after each call took them (11.3 ms of CPU per request at concurrency 32).
         predictor = load_predictor(path, cfg.artifact, cfg.runtime, cfg.threads, spinning=False, streams=default_streams(cfg.streams))
