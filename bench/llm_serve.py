@@ -179,7 +179,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--artifacts", nargs="+", default=["fp32"], help="export artifacts peftstd serves (the earlier server: the first)")
     parser.add_argument("--llama-server", help="llama.cpp's llama-server binary (the peer)")
-    parser.add_argument("--gguf", nargs="*", default=[], help="the run's merged model as GGUF files for llama-server")
+    parser.add_argument("--gguf", nargs="*", default=[], help="the run's merged model as GGUF files for llama-server, in the "
+                        "order of --artifacts (each compared with the artifact of its precision)")
     parser.add_argument("--natural-stop", action="store_true", help="answers end at the end-of-turn token (at most --new-tokens)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -256,6 +257,18 @@ def markdown(report: dict) -> str:
             r = report["throughput"][system][level]
             lines.append(f"| {r['concurrency']} | {system} | {r['tokens_per_s']:.1f} | {r['ttft_p50_s']:.3f} | {r['ttft_p99_s']:.3f} | "
                          f"{r['tokens']} | {r['failed']} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x |")
+    ours = [s for s in systems if s.startswith("peftstd serve, ")]
+    peers = [s for s in systems if s.startswith("llama-server")]
+    if peers:
+        lines += ["", f"The peer: llama.cpp's llama-server built for this CPU (-DGGML_NATIVE=ON, from the source the llama-cpp-python "
+                  f"sdist vendors), {report['machine']['cores']} threads for decoding and for prompts (-t, -tb), "
+                  f"{peers[0].split('(-np ')[1].split(',')[0]} slots decoded together, 256 tokens of context per slot, the "
+                  "GGUF's chat template (--jinja), `ignore_eos` as above.", "",
+                  "| peftstd serve / llama-server at the same precision | " + " | ".join(f"c={r['concurrency']}" for r in today) + " |",
+                  "|---|" + "---|" * len(today)]
+        for mine, peer in zip(ours, peers):
+            ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(report["throughput"][mine], report["throughput"][peer])]
+            lines.append(f"| {mine.split(' (')[0]} / {peer.split(' (')[0]} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
     memory = report["memory"]
     one = memory["1 adapter (pytorch base + LoRA)"]["rss_mb"]
     lines += ["", "| served | resident memory (MB) | vs 1 adapter |", "|---|---|---|"]

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from peftstd.sweep.report import write_report
     from peftstd.sweep.run import run_sweep
     from peftstd.sweep.spec import load_sweep
+    from peftstd.sweep.storage import redacted
 
     spec, base = load_sweep(args.sweep)  # every mistake in the sweep file, before any trial runs
     study = args.study or Path(args.sweep).stem
@@ -33,8 +34,6 @@ def run(args: argparse.Namespace) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{folder / 'study.db'}"
     trials = args.trials or spec.trials
-    from peftstd.sweep.storage import redacted
-
     print(f"peftstd sweep: study {study!r}, {trials} trials, {args.workers} worker(s), storage {redacted(storage)}, folder {folder}", flush=True)
     result = write_report(run_sweep(spec, base, folder, storage, study, trials, args.workers, args.threads), folder,
                           spec.objective.metric)

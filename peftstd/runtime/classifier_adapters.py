@@ -40,7 +40,7 @@ class SharedClassifierBase:
         self.width = len(widest.labels)
         with trained_head_follows():
             self.base_model = get_task(TASK, widest.labels, widest.manifest.task.settings).load_model(base, widest.labels)
-        self.base, self.model, self.labels = base, None, {}
+        self.base, self.model, self.labels, self.adapters = base, None, {}, {}  # by served name: labels, adapter folder
         self.lock = threading.Lock()
         for name, run in runs.items():
             self.add(name, run)
@@ -68,7 +68,7 @@ class SharedClassifierBase:
         if unused:
             raise UserError(f"{str(folder)!r} holds weights its base {str(self.base)!r} has no place for: {', '.join(unused[:3])}")
         self.model.eval()
-        self.labels[name] = run.labels
+        self.labels[name], self.adapters[name] = run.labels, folder
 
     @cached_property
     def input_names(self) -> set[str]:
@@ -109,8 +109,8 @@ class AdapterClassificationPredictor(ClassificationPredictor):
         self.run_folder, self.shared = run, shared
         self.export = self.record = None
         self.labels = run.labels
-        self.max_length = int(run.raw_manifest["data"]["max_length"])
-        self.tokenizer = AutoTokenizer.from_pretrained(adapter_of(run, TASK))
+        self.max_length = run.max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(shared.adapters[name])
         self.batch_independent = True
         self.engine = AdapterEngine(shared, name)
         self.device, self.streams = self.engine.device, 1
@@ -122,7 +122,7 @@ class AdapterClassificationPredictor(ClassificationPredictor):
     def describe(self) -> dict:
         return {"task": self.task, "labels": self.labels, "artifact": "adapter", "runtime": self.runtime, "device": self.device,
                 "max_length": self.max_length, "rows_share_calls": True, "base_model": str(self.shared.base),
-                "adapters_on_base": sorted(self.shared.labels), "run": str(self.run_folder.path)}
+                "adapters_on_base": sorted(self.shared.adapters), "run": str(self.run_folder.path)}
 
 
 def adapter_predictors(runs: dict[str, RunFolder], threads: int | None = None) -> dict[str, AdapterClassificationPredictor]:

@@ -297,8 +297,8 @@ def open_language_models(exports: dict, cfg) -> dict[str, ServedLanguageModel]:
                 model = export_language_model(export, cfg.artifact, cfg.threads, spinning=False)
                 worker = GenerationWorker(name, model.decoder, cfg.max_sequences, cfg.max_queue, cfg.prefill_tokens)
                 served[name] = ServedLanguageModel(name, worker, model, None, str(Path(path)))
-        elif RunFolder.holds(path) and RunFolder(path).task == "causal-lm":
-            runs[name] = RunFolder(path)
+        elif RunFolder.holds(path) and (run := RunFolder(path)).task == "causal-lm":
+            runs[name] = run
     if runs:
         model = runs_language_model(runs, cfg.threads)
         worker = GenerationWorker("adapters", model.decoder, cfg.max_sequences, cfg.max_queue, cfg.prefill_tokens)

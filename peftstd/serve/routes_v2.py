@@ -45,11 +45,11 @@ def add_v2_routes(app: FastAPI, state: ServerState) -> list:
         if name in state.language_models:
             state.known(name)
             info = state.language_models[name].describe()
-            return {"name": name, "versions": ["1"], "platform": f"{info['runtime']}_{'onnx' if info['runtime'] == 'onnxruntime' else 'peft'}",
+            return {"name": name, "versions": ["1"], "platform": platform(info["runtime"]),
                     "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
                     "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}]}
         model = state.worker(name)
-        return {"name": name, "versions": ["1"], "platform": f"{model.predictor.runtime}_{'peft' if model.predictor.runtime == 'pytorch' else 'onnx'}",
+        return {"name": name, "versions": ["1"], "platform": platform(model.predictor.runtime),
                 "inputs": v2_inputs(model), "outputs": v2_outputs(model)}
 
     @app.post("/v2/models/{name}/versions/{version}/infer")
@@ -93,6 +93,11 @@ def add_v2_routes(app: FastAPI, state: ServerState) -> list:
 
 
 # ---- V2 tensors per task
+
+def platform(runtime: str) -> str:
+    """V2 metadata's platform: the runtime and what it runs (ONNX files, or a PyTorch model with peft adapters)."""
+    return f"{runtime}_{'peft' if runtime == 'pytorch' else 'onnx'}"
+
 
 def v2_inputs(model: ModelWorker) -> list[dict]:
     task = model.predictor.task
