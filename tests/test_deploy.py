@@ -157,6 +157,70 @@ def test_kserve_inference_service_runs_the_same_server_on_kserve_port():
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready" and container["readinessProbe"]["httpGet"]["port"] == 8080
 
 
+def test_ray_serve_config_builds_the_app_with_its_autoscaling(exported, tmp_path):
+    """deploy/ray/serve.yaml is a valid Ray Serve config whose import path builds our app from its args (the same
+    builder `peftstd serve --engine ray` uses), its settings peftstd's and its autoscaling theirs."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from peftstd.serve.ray_engine import build
+
+    config = yaml.safe_load((DEPLOY / "ray" / "serve.yaml").read_text())
+    ServeDeploySchema.parse_obj(config)  # Ray's own schema of the file `serve run` and `serve deploy` take
+    [app] = config["applications"]
+    module, _, function = app["import_path"].partition(":")
+    assert getattr(__import__(module, fromlist=[function]), function) is build
+    keys = tmp_path / "keys.json"
+    assert peftstd("serve", "keys", "add", "ops", "--keys", str(keys)).returncode == 0
+    args = {"exports": [f"sentiment={exported}"], "config": {**app["args"]["config"], "keys": str(keys)}}
+    built = build(args)._bound_deployment
+    settings, exports = built.init_args
+    assert exports == {"sentiment": str(exported.absolute())} and settings["host"] == "0.0.0.0" and settings["threads"] == 1
+    scaling = built._deployment_config.autoscaling_config
+    wanted = app["args"]["config"]
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (
+        wanted["min_replicas"], wanted["max_replicas"], wanted["target_ongoing_requests"])
+    assert built._deployment_config.max_ongoing_requests == wanted["max_ongoing_requests"]
+    assert built.ray_actor_options["num_cpus"] == wanted["replica_cpus"]
+
+
+def strict(schema: dict) -> dict:
+    """A CRD schema as the API server's strict field validation (kubectl's default) applies it: an object lists
+    its fields, and an unknown one is refused unless the schema keeps unknown fields."""
+    if isinstance(schema, dict):
+        schema = {key: strict(value) for key, value in schema.items()}
+        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema.setdefault("additionalProperties", False)
+    elif isinstance(schema, list):
+        schema = [strict(value) for value in schema]
+    return schema
+
+
+def test_kuberay_rayservice_validates_and_runs_the_same_serve_config():
+    """deploy/ray/rayservice.yaml against KubeRay's RayService CRD schema (v1.7.0, stored in tests/schemas), with the
+    Serve config of serve.yaml and the Ray version the project pins."""
+    import gzip
+
+    import jsonschema
+    import ray
+
+    schema = strict(json.loads(gzip.decompress((REPO / "tests" / "schemas" / "kuberay-rayservice-v1.json.gz").read_bytes())))
+    [service] = manifests(DEPLOY / "ray" / "rayservice.yaml")
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    jsonschema.validate(service, schema)
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == yaml.safe_load((DEPLOY / "ray" / "serve.yaml").read_text())
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == ray.__version__ and f"ray=={ray.__version__}" in (REPO / "constraints.txt").read_text()
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        [container] = group["template"]["spec"]["containers"]
+        ports = {port["containerPort"] for port in container["ports"]}
+        assert {8000, int(group["rayStartParams"]["metrics-export-port"])} <= ports
+        mounted = {mount["mountPath"] for mount in container["volumeMounts"]}
+        assert {"/models/sentiment", "/etc/peftstd"} <= mounted  # the exports and keys the serve config names
+    with pytest.raises(jsonschema.ValidationError):  # the schema has teeth: a misspelt key is refused
+        jsonschema.validate({**service, "spec": {**service["spec"], "rayClusterConfg": {}}}, schema)
+
+
 def test_dockerfile_installs_what_the_makefile_does_and_starts_the_server():
     """Checked on paper: no Docker engine runs on these machines (`docker build` needs one)."""
     text = (DEPLOY / "docker" / "Dockerfile").read_text()

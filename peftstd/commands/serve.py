@@ -20,4 +20,8 @@ def run(args: argparse.Namespace) -> int:
     from peftstd.serve.server import model_names, serve
 
     cfg = load_serve_config(args.config, args)
+    if cfg.engine == "ray":
+        from peftstd.serve.ray_engine import serve_on_ray
+
+        return serve_on_ray(cfg, model_names(args.exports))
     return serve(cfg, model_names(args.exports))

@@ -85,6 +85,12 @@ class Lifecycle:
     def __init__(self, app, state: ServerState):
         self.app, self.state = app, state
 
+    def identity(self, rid: str) -> list[tuple[bytes, bytes]]:
+        """The request id header (Ray's proxy sends its own, the same id), and which Ray replica answered."""
+        if self.state.replica is None:
+            return [(b"x-request-id", rid.encode())]
+        return [(b"x-peftstd-replica", self.state.replica.encode())]
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
@@ -96,7 +102,7 @@ class Lifecycle:
             nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message["headers"] = [*message.get("headers", []), *self.identity(rid)]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
@@ -135,9 +141,11 @@ class Lifecycle:
 
 def create_app(state: ServerState) -> FastAPI:
     async def lifespan(app: FastAPI):
-        loader = asyncio.get_running_loop().create_task(load_models(state))
+        # A Ray replica loads its models before it takes traffic; `peftstd serve` loads them while live.
+        loader = None if state.ready else asyncio.get_running_loop().create_task(load_models(state))
         yield
-        loader.cancel()
+        if loader is not None:
+            loader.cancel()
         for worker in [*state.workers.values(), *state.generation_workers()]:
             await worker.stop()
         state.pool.shutdown(wait=False)

@@ -56,11 +56,29 @@ class ServeConfig(Section):
     ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM); with ssl_keyfile, serve HTTPS")
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM)")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("warning", description="uvicorn's log level")
+    engine: Literal["uvicorn", "ray"] = Field("uvicorn", description="uvicorn: one process; ray: replicas on a Ray cluster, "
+                                              "added and removed by Ray Serve's autoscaler (README: Scaling out on Ray)")
+    ray_address: str | None = Field(None, description="ray: deploy to (or update in place on) this running cluster and "
+                                    "exit, e.g. auto or 10.0.0.5:6379; unset: start a local cluster and serve until SIGTERM")
+    min_replicas: int = Field(1, ge=1, description="ray: replicas kept when idle")
+    max_replicas: int = Field(2, ge=1, description="ray: replicas at most (default: one per 1-CPU replica on this 2-core machine)")
+    target_ongoing_requests: float = Field(4.0, gt=0, description="ray: requests in flight per replica the autoscaler "
+                                           "aims for; more on average over the look-back period adds replicas")
+    max_ongoing_requests: int = Field(32, ge=1, description="ray: requests one replica takes at once (its batches draw "
+                                      "from these); more wait in Ray's router")
+    upscale_delay_s: float = Field(3.0, ge=0, description="ray: how long the load must call for more replicas before one is added")
+    downscale_delay_s: float = Field(30.0, ge=0, description="ray: how long the load must call for fewer replicas before one is removed")
+    look_back_period_s: float = Field(5.0, gt=0, description="ray: the window the autoscaler averages ongoing requests over")
+    replica_cpus: float = Field(1.0, gt=0, description="ray: CPUs reserved per replica; its model threads default to this many")
+    ray_metrics_port: int = Field(8080, ge=1, le=65535, description="ray, local cluster: port of Ray's Prometheus "
+                                  "endpoint (replicas, queue and per-replica load, and every replica's peftstd_ series)")
 
     @model_validator(mode="after")
     def check(self) -> ServeConfig:
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("TLS needs both ssl_certfile and ssl_keyfile")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} exceeds max_replicas {self.max_replicas}")
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ValueError(f"max_new_tokens {self.max_new_tokens} exceeds max_new_tokens_limit {self.max_new_tokens_limit}")
         for path in (self.keys, self.ssl_certfile, self.ssl_keyfile):

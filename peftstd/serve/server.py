@@ -69,16 +69,16 @@ def default_streams(streams: int | None) -> int:
     return streams or (2 if (os.cpu_count() or 1) >= 2 else 1)
 
 
-def serve(cfg: ServeConfig, exports: dict[str, Path]) -> int:
-    import uvicorn
-
+def server_state(cfg: ServeConfig, exports: dict[str, Path]):
+    """The state every protocol's routes share, with the loader of each model (started by the app's lifespan, or
+    awaited by a Ray replica before it takes traffic)."""
     from peftstd.runtime.classifier_adapters import adapter_predictors
     from peftstd.runtime.folders import ExportFolder, RunFolder
     from peftstd.runtime.predictors import load_predictor
-    from peftstd.serve.app import Lifecycle, RateLimiter, ServerState, create_app
+    from peftstd.serve.app import RateLimiter, ServerState
     from peftstd.serve.keys import KeyRing
+    from peftstd.serve.requestlog import RequestLog
 
-    check_startup(cfg, exports)
     # The model threads need the GIL for a moment after each engine call, and the event loop holds it while busy:
     # a thread waiting for it got it only after Python's default 5 ms switch interval. With 0.5 ms, 1.06x the
     # requests/s at concurrency 32 (sentiment export, 2 cores, 8 alternating rounds against the default).
@@ -100,11 +100,18 @@ def serve(cfg: ServeConfig, exports: dict[str, Path]) -> int:
             predictor.max_new_tokens, predictor.max_new_tokens_limit = cfg.max_new_tokens, cfg.max_new_tokens_limit
         return predictor
 
-    from peftstd.serve.requestlog import RequestLog
+    return ServerState(cfg, exports, load, keyring=KeyRing(cfg.keys) if cfg.keys else None,
+                       limiter=RateLimiter(cfg.rate_limit, cfg.rate_burst) if cfg.rate_limit else None,
+                       log=RequestLog(cfg.request_log, cfg.log_inputs) if cfg.request_log else None)
 
-    state = ServerState(cfg, exports, load, keyring=KeyRing(cfg.keys) if cfg.keys else None,
-                        limiter=RateLimiter(cfg.rate_limit, cfg.rate_burst) if cfg.rate_limit else None,
-                        log=RequestLog(cfg.request_log, cfg.log_inputs) if cfg.request_log else None)
+
+def serve(cfg: ServeConfig, exports: dict[str, Path]) -> int:
+    import uvicorn
+
+    from peftstd.serve.app import Lifecycle, create_app
+
+    check_startup(cfg, exports)
+    state = server_state(cfg, exports)
     app = Lifecycle(create_app(state), state)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False,
                             ssl_certfile=str(cfg.ssl_certfile) if cfg.ssl_certfile else None,

@@ -74,6 +74,7 @@ class ServerState:
     direct: list = field(default_factory=list)  # app.DirectRoute, set by create_app
     started: float = field(default_factory=time.time)
     language_models: dict[str, ServedLanguageModel] = field(default_factory=dict)  # causal LMs, batched token by token
+    replica: str | None = None  # the Ray Serve replica's id, sent as x-peftstd-replica; None under `peftstd serve`
 
     def __post_init__(self):
         self.metrics.in_flight.set_function(lambda: self.inflight)
