@@ -146,3 +146,17 @@ def test_bad_ray_settings_are_one_line_errors(exported):
         build({"export": [str(exported)]})
     with pytest.raises(ConfigError, match="max_replicas"):
         build({"exports": [str(exported)], "config": {"max_replicas": 0}})
+
+
+def test_adapter_changes_are_refused_on_a_ray_replica():
+    """A run-time adapter load or unload would reach the one replica that took the request: refused with a 409."""
+    from fastapi.testclient import TestClient
+
+    from peftstd.serve.app import Lifecycle, ServerState, create_app
+    from peftstd.serve.config import ServeConfig
+
+    state = ServerState(ServeConfig(), {}, None, ready=True, replica="r1")
+    with TestClient(Lifecycle(create_app(state), state)) as client:
+        for answer in (client.post("/v1/adapters", json={"name": "b", "path": "/runs/b"}), client.delete("/v1/adapters/b")):
+            assert answer.status_code == 409 and "one replica only" in answer.json()["error"]
+            assert answer.headers["x-peftstd-replica"] == "r1"

@@ -22,12 +22,18 @@ def add_adapter_routes(app: FastAPI, state: ServerState) -> None:
     def adapter_workers() -> list[ServedLanguageModel]:
         return [m for m in state.language_models.values() if m.adapter is not None]
 
+    def one_process() -> None:
+        if state.replica is not None:
+            raise state.reject("input", 409, "on Ray Serve a change of adapters would reach one replica only; deploy the "
+                               "runs as models instead (`peftstd serve --engine ray --ray-address ...`: a rolling update)")
+
     @app.post("/v1/adapters", summary="load a LoRA run as a new model name on the served base (scope admin)")
     async def load_adapter(request: Request):
         from peftstd.runtime.folders import RunFolder
         from peftstd.runtime.load import adapter_of
 
         state.authorize(request, "admin")
+        one_process()
         body = await state.read_body(request)
         try:
             payload = json.loads(body)
@@ -64,6 +70,7 @@ def add_adapter_routes(app: FastAPI, state: ServerState) -> None:
     @app.delete("/v1/adapters/{name}", summary="remove a loaded adapter once its running requests finish (scope admin)")
     async def unload_adapter(name: str, request: Request):
         state.authorize(request, "admin")
+        one_process()
         model = state.language_models.get(name)
         if model is None or model.adapter is None:
             raise HTTPError(404, f"no adapter {name!r}; adapters: {', '.join(m.name for m in adapter_workers()) or 'none'}")
