@@ -4,7 +4,8 @@
 
 1. Fixed replica counts, closed loop at concurrency 32 (requests/s, p50/p99), in alternating rounds: plain
    `peftstd serve` at its defaults (every core, two streams), Ray with one replica on every core (the engine's own
-   overhead), one replica on one CPU (the autoscaler's floor) and two 1-CPU replicas (its ceiling on 2 cores).
+   overhead) behind Ray's Python proxy and behind its HAProxy ingress (what `--engine ray` starts), one replica on
+   one CPU (the autoscaler's floor) and two 1-CPU replicas (its ceiling on 2 cores).
 2. One 1-CPU replica at concurrency 1..32: where its requests/s stop growing is what `target_ongoing_requests`
    should aim at.
 3. A timeline at the serve config's autoscaling defaults (min 1, max 2 replicas): idle, then concurrency 32, then
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import re
 import signal
 import subprocess
@@ -40,16 +42,18 @@ from peftstd.runtime.folders import ExportFolder, RunFolder
 from peftstd.serve.config import ServeConfig
 
 ROUTE = "/v1/models/m/predict"
+PYTHON_PROXY = "Ray Serve, 1 replica x 2 CPUs, Ray's Python proxy (its default ingress)"
 
 
 class Server:
     """A `peftstd serve` process whose stdout is read as it comes (Ray's replica-count lines, stamped)."""
 
-    def __init__(self, export: Path, *flags: str):
+    def __init__(self, export: Path, *flags: str, env: dict[str, str] | None = None):
         self.port, self.metrics_port = free_port(), free_port()
         ray = ["--ray-metrics-port", str(self.metrics_port)] if "ray" in flags else []
         self.process = subprocess.Popen([sys.executable, "-m", "peftstd", "serve", f"m={export}", "--port", str(self.port),
-                                         *flags, *ray], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                         *flags, *ray], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env={**os.environ, **(env or {})})
         self.lines: list[tuple[float, str]] = []
         threading.Thread(target=self.read, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -116,14 +120,16 @@ async def timed_loop(url: str, texts: list[str], concurrency: int, seconds: floa
 
 
 def fixed_replicas(export: Path, texts: list[str], rounds: int, seconds: float) -> dict:
+    one = ["--engine", "ray", "--min-replicas", "1", "--max-replicas", "1", "--replica-cpus", "2"]
     setups = {"peftstd serve (one process, every core, defaults)": [],
-              "Ray Serve, 1 replica x 2 CPUs": ["--engine", "ray", "--min-replicas", "1", "--max-replicas", "1", "--replica-cpus", "2"],
+              PYTHON_PROXY: one,
+              "Ray Serve, 1 replica x 2 CPUs": one,
               "Ray Serve, 1 replica x 1 CPU": ["--engine", "ray", "--min-replicas", "1", "--max-replicas", "1", "--replica-cpus", "1"],
               "Ray Serve, 2 replicas x 1 CPU": ["--engine", "ray", "--min-replicas", "2", "--max-replicas", "2", "--replica-cpus", "1"]}
     results: dict[str, list[dict]] = {name: [] for name in setups}
     for round_ in range(rounds):
         for name, flags in setups.items():
-            server = Server(export, *flags)
+            server = Server(export, *flags, env={"RAY_SERVE_ENABLE_HA_PROXY": "0"} if name == PYTHON_PROXY else None)
             try:
                 asyncio.run(closed_loop(server.url + ROUTE, texts, 8, 400, 5))  # warm up
                 row = asyncio.run(closed_loop(server.url + ROUTE, texts, 32, 10**6, seconds))
