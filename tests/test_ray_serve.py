@@ -139,6 +139,9 @@ def test_bad_ray_settings_are_one_line_errors(exported):
     assert result.returncode == 2 and "min_replicas 3 exceeds max_replicas 2" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
+    result = peftstd("serve", str(exported), "--engine", "ray", "--ssl-certfile", __file__, "--ssl-keyfile", __file__)
+    assert result.returncode == 2 and "TLS with engine ray is set on Ray's ingress" in result.stderr
+
     from peftstd.errors import ConfigError
     from peftstd.serve.ray_engine import build
 

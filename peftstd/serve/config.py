@@ -77,6 +77,9 @@ class ServeConfig(Section):
     def check(self) -> ServeConfig:
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("TLS needs both ssl_certfile and ssl_keyfile")
+        if self.engine == "ray" and self.ssl_certfile is not None:
+            raise ValueError("TLS with engine ray is set on Ray's ingress (http_options ssl_certfile and ssl_keyfile in a "
+                             "Serve config) or on a load balancer in front, not on the replicas")
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas {self.min_replicas} exceeds max_replicas {self.max_replicas}")
         if self.max_new_tokens > self.max_new_tokens_limit:
