@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from provenance import machine_line, provenance
-from serve_load import Connection, closed_loop, free_port, split_url
+from serve_load import Connection, closed_loop, free_port, split_url, wait_ready
 
 from peftstd.runtime.folders import ExportFolder, RunFolder
 from peftstd.serve.config import ServeConfig
@@ -64,19 +64,10 @@ class Server:
             self.lines.append((time.time(), line.rstrip()))
 
     def wait_ready(self, timeout: float = 300) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"server exited: {[line for _, line in self.lines][-20:]}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise SystemExit("server not ready in time")
+        try:
+            wait_ready(self.url, self.process, "/v2/health/ready", timeout)
+        except SystemExit as error:
+            raise SystemExit(f"{error}: {[line for _, line in self.lines][-20:]}") from None
 
     def replica_changes(self) -> list[tuple[float, int]]:
         """(time, replicas running) at each change of the count (the server prints every change of the states)."""
@@ -187,7 +178,10 @@ def markdown(report: dict) -> str:
     lines = [f"# peftstd serve on Ray Serve: engine overhead, scale-out and autoscaling on {report['machine']['cores']} cores", "",
              f"`{report['command']}`", "", machine_line(report) + f"; ray {report['versions'].get('ray', '?')}", "",
              f"Export {report['export']} (MiniLM sentiment, int8 served by default), {report['texts']} test texts. "
-             "Closed loops of one-text requests on 127.0.0.1; the client shares the cores with the servers.", "",
+             "Closed loops of one-text requests on 127.0.0.1; the client shares the cores with the servers. Plain `peftstd "
+             "serve` runs at its defaults, int8-dynamic on ONNX Runtime in 2 streams: the fastest configuration in "
+             "[serve_load.md](serve_load.md). Every Ray replica serves the same artifact. Ray is shown with its default "
+             "Python proxy and with its HAProxy ingress, its fastest here.", "",
              f"## Fixed replicas at concurrency 32 ({report['rounds']} alternating rounds, median)", "",
              "| server | requests/s | ratio to peftstd serve | p50 ms | p99 ms | non-200 |", "|---|---|---|---|---|---|"]
     rows = report["fixed"]

@@ -83,7 +83,8 @@ def wait_ready(url: str, process: subprocess.Popen, path: str, timeout: float = 
             if httpx.get(url + path, timeout=2).status_code in (200, 405):
                 return
         except httpx.TransportError:
-            time.sleep(0.3)
+            pass
+        time.sleep(0.3)  # also while it answers 503 (loading), not a busy loop against the server it waits for
     raise SystemExit(f"{url} not ready after {timeout} s")
 
 

@@ -105,10 +105,17 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def load_serve_config(path: str | None, args: argparse.Namespace) -> ServeConfig:
-    from peftstd.config.load import describe, read_yaml
+    from peftstd.config.load import read_yaml
 
     raw = read_yaml(path) if path else {}
     raw.update({name: value for name in ServeConfig.model_fields if (value := getattr(args, f"serve_{name}", None)) is not None})
+    return validated(raw)
+
+
+def validated(raw) -> ServeConfig:
+    """The serve settings, or a one-line `ConfigError` naming the first problem (and the closest key to a misspelt one)."""
+    from peftstd.config.load import describe
+
     try:
         return ServeConfig.model_validate(raw)
     except ValidationError as error:

@@ -86,7 +86,6 @@ def application(cfg: ServeConfig, exports: dict[str, Path]):
     if cfg.request_log not in (None, "-"):
         settings["request_log"] = str(Path(cfg.request_log).absolute())  # every replica appends its lines to it
     settings["threads"] = cfg.threads or max(1, int(cfg.replica_cpus))  # not every core of the node: its share
-    settings["engine"] = "uvicorn"  # inside a replica the app runs in Ray's process, not in a server of its own
     deployment = serve.deployment(
         Replica, name=APP, max_ongoing_requests=cfg.max_ongoing_requests, ray_actor_options={"num_cpus": cfg.replica_cpus},
         graceful_shutdown_timeout_s=cfg.drain_timeout_s, graceful_shutdown_wait_loop_s=0.5,
@@ -100,10 +99,9 @@ def application(cfg: ServeConfig, exports: dict[str, Path]):
 def build(args: dict):
     """Ray's application builder (`import_path: peftstd.serve.ray_engine:build` in a Serve config file). `args`:
     `exports` (a list of folders or NAME=FOLDER) and `config` (the serve settings, a dict or a YAML file's path)."""
-    from pydantic import ValidationError
-
-    from peftstd.config.load import describe, read_yaml
+    from peftstd.config.load import read_yaml
     from peftstd.errors import ConfigError
+    from peftstd.serve.config import validated
     from peftstd.serve.server import check_startup, model_names
 
     unknown = set(args) - {"exports", "config"}
@@ -111,10 +109,7 @@ def build(args: dict):
         raise ConfigError("Serve config args: give `exports` (a list of export folders or NAME=FOLDER) and optionally "
                           f"`config` (serve settings or a YAML file){'; unknown: ' + ', '.join(sorted(unknown)) if unknown else ''}")
     raw = args.get("config") or {}
-    try:
-        cfg = ServeConfig.model_validate(read_yaml(raw) if isinstance(raw, str) else raw)
-    except ValidationError as error:
-        raise ConfigError(f"serve config: {describe(error, ServeConfig)}") from None
+    cfg = validated(read_yaml(raw) if isinstance(raw, str) else raw)
     exports = model_names([str(spec) for spec in args["exports"]])
     check_startup(cfg, exports)
     return application(cfg, exports)
