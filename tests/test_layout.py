@@ -31,7 +31,7 @@ FLOOR = {package: level for level, packages in enumerate(FLOORS) for package in 
 RUNTIME_STACK = [
     {"folders", "taskdata", "sampling"},              # typed records of run/export folders (monitor.json too); plain data
     {"inference", "load"},                            # ONNX sessions and shared steps; loading a run's PyTorch model
-    {"engines", "decoders"},                          # engines of encoder artifacts; decoders for token-by-token generation
+    {"engines", "decoders", "gguf_model"},            # engines of encoder artifacts; decoders for token-by-token generation; llama.cpp
     {"backends", "predictors"},                       # predictors over an engine, the benchmark's backends
     {"language_model", "classifier_adapters", "timing"},  # a causal LM to serve; classifiers sharing a base; timing
     {"drift"},                                        # drift of a predictor's inputs and outputs (uses predictors)

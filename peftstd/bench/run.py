@@ -99,7 +99,7 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
     task = RunFolder(run).task
     if task in GENERATIVE_TASKS:
         raise UserError(f"peftstd bench times single forward passes of encoder tasks; for this {task} run, time generation with "
-                        f"`python bench/generate_speed.py {run} EXPORT_DIR`")
+                        f"`python bench/generate_speed.py {run} EXPORT_DIR` (GGUF files: `python bench/gguf_export.py`)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA GPU on this machine")
     if threads:

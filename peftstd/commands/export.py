@@ -14,9 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp16", action="store_true", help="also produce an fp16 artifact (GPU targets)")
     parser.add_argument("--prune", type=float, help="share of encoder FLOPs to remove by structured pruning (e.g. 0.4)")
     parser.add_argument("--target", choices=["cpu", "gpu"], help="where the artifact will run (default cpu)")
-    parser.add_argument("--format", choices=["onnx", "tensorrt"], help="artifact format (default onnx)")
+    parser.add_argument("--format", choices=["onnx", "tensorrt", "gguf"], help="artifact format (default onnx; gguf: causal-LM runs, for llama.cpp and Ollama)")
+    parser.add_argument("--gguf-types", nargs="+", metavar="TYPE", help="GGUF types to write and gate (default f16 q8_0 q4_k_m)")
     parser.add_argument("--budget", type=float, help="largest allowed metric drop in points (default 1.0)")
-    parser.add_argument("--out", help="export folder (default RUN/export)")
+    parser.add_argument("--out", help="export folder (default RUN/export, RUN/export-gguf for --format gguf)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from peftstd.export.profile import load_profile
 
     overrides = {"int8": args.int8 or None, "fp16": args.fp16 or None, "prune": args.prune, "target": args.target,
-                 "format": args.format, "budget": args.budget}
+                 "format": args.format, "budget": args.budget, "gguf_types": args.gguf_types}
     profile = load_profile(args.profile, overrides)
     run = Path(args.run)
-    return export_run(run, Path(args.out) if args.out else run / "export", profile)
+    default = run / ("export-gguf" if profile.format == "gguf" else "export")  # beside an ONNX export, not over it
+    return export_run(run, Path(args.out) if args.out else default, profile)

@@ -66,6 +66,9 @@ def predictor(target: Path, artifact: str | None) -> Target:
         export = ExportFolder(target)
         record = export.artifact(artifact or "fp32")
         tokenizer = AutoTokenizer.from_pretrained(target)
+        if record.runtime == "llama.cpp":
+            raise UserError(f"{record.artifact} is a GGUF file: llama.cpp scored it on the test split at export (export.json); "
+                            "peftstd eval runs runs and ONNX artifacts")
         path = export.artifact_path(record.artifact)
         name = target.name if record.file == "." else f"{target.name}/{record.file}"  # generative fp32: the folder itself
         if export.generative:

@@ -55,6 +55,16 @@ def check_request(run_dir: Path, profile: ExportProfile) -> None:
     task = RunFolder(run_dir).task
     if task not in EXPORTABLE_TASKS:
         raise UserError(f"peftstd export supports {', '.join(EXPORTABLE_TASKS)} runs; this run is {task}")
+    if profile.format == "gguf":
+        if task != "causal-lm":
+            raise UserError(f"--format gguf supports causal-lm runs (llama.cpp and Ollama run decoder models); this run is {task}")
+        if profile.int8 or profile.fp16 or profile.prune or profile.target != "cpu":
+            raise UserError("--format gguf takes its quantization from gguf_types (e.g. --gguf-types q8_0 q4_k_m); "
+                            "--int8, --fp16, --prune and --target gpu apply to ONNX exports")
+        from peftstd.runtime.gguf_model import llama_cpp
+
+        llama_cpp()  # installed, or a one-line error saying how
+        return
     if profile.prune and task != "text-classification":
         raise UserError(f"--prune supports text-classification runs so far; this run is {task}")
     if task in GENERATIVE_TASKS and (profile.target != "cpu" or profile.fp16 or profile.format != "onnx"):
@@ -116,6 +126,15 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
         quantization = loaded.manifest["base_model"].get("quantization")  # a QLoRA run: dequantized before merging
         report["stages"]["load"] = {"base_quantized": bool(quantization), "quantization": quantization, "method": loaded.manifest["method"]["name"]}
         report["task_settings"] = loaded.manifest["task"].get("settings")
+    if profile.format == "gguf":
+        from peftstd.export.gguf_export import export_gguf
+
+        def fill_gguf(folder: Path) -> int:
+            passed = export_gguf(loaded, cfg, splits, task, profile, stages, report, folder)
+            return finish(folder, report, passed, task, max_length, loaded.labels, report["stages"]["gguf"]["tensor_types"], stages,
+                          run_dir, splits.test)
+
+        return write_export(out_dir, report, fill_gguf)
     if task.generative:
         from peftstd.export.generative import export_generative, folder_ops
 

@@ -6,16 +6,20 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from peftstd.basics.section import Section
 from peftstd.config.load import describe
 from peftstd.errors import ConfigError
 
+GgufType = Literal["f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0"]
+
 
 class ExportProfile(Section):
     target: Literal["cpu", "gpu"] = Field("cpu", description="Where the artifact will run; decides the quantization scheme.")
-    format: Literal["onnx", "tensorrt"] = Field("onnx", description="Artifact format; tensorrt needs the tensorrt package and an NVIDIA GPU.")
+    format: Literal["onnx", "tensorrt", "gguf"] = Field(
+        "onnx", description="Artifact format; tensorrt needs the tensorrt package and an NVIDIA GPU; gguf (causal-LM runs) writes "
+        "llama.cpp / Ollama files of the types in gguf_types and needs the gguf extra (llama-cpp-python).")
     int8: bool = Field(False, description="Also produce int8 artifacts (CPU: dynamic and static; GPU: static QDQ for TensorRT).")
     cpu_int8: list[Literal["dynamic", "static"]] = Field(
         ["dynamic", "static"], min_length=1, description="CPU int8 schemes to produce (and gate): dynamic, static (calibrated), or both.")
@@ -42,7 +46,25 @@ class ExportProfile(Section):
                            "generation reuses them (optimum's `-with-past` export); false exports logits without a cache.")
     generation_samples: int = Field(16, ge=1, description="Causal-LM and seq2seq: held-out test prompts decoded greedily by the artifact "
                                     "and by PyTorch, to check the cached decoding path step by step.")
+    gguf_types: list[GgufType] = Field(
+        ["f16", "q8_0", "q4_k_m"], min_length=1, description="GGUF: the types written, each gated on its own (llama.cpp's names, any case).")
+    gguf_budgets: dict[GgufType, float] = Field(
+        {"q4_k_m": 10.0, "q4_0": 10.0}, description="GGUF: the perplexity budget (percent rise) of a type, where it is not `budget`; "
+        "4-bit types lose more by design (measured in bench/results/gguf_export.md).")
     speed_check: bool = Field(True, description="Time every artifact against PyTorch (batch 1 and 8, sequence 128) for the export card.")
+
+    @field_validator("gguf_types", "gguf_budgets", mode="before")
+    @classmethod
+    def lower_case(cls, value):
+        """llama.cpp writes Q8_0, Ollama q8_0: either is taken."""
+        if isinstance(value, list):
+            return [v.lower() if isinstance(v, str) else v for v in value]
+        if isinstance(value, dict):
+            return {k.lower() if isinstance(k, str) else k: v for k, v in value.items()}
+        return value
+
+    def gguf_budget_for(self, kind: str) -> float:
+        return self.gguf_budgets.get(kind, self.budget)
 
     def parity_for(self, generative: bool) -> float:
         """The fp32 parity tolerance of a task (see `parity_tolerance`)."""

@@ -140,8 +140,57 @@ def loading_hint(task_name: str, kv_cache: bool = True) -> str:
             f'`optimum.onnxruntime.{task.ort_model}.from_pretrained(folder, file_name="model.onnx")`.')
 
 
+def export_front_matter(run_card: str | None, library: str, tags: set[str]) -> str:
+    """The run card's front matter for an export of it: its library and tags."""
+    meta = yaml.safe_load(run_card.split("---\n")[1]) if run_card and run_card.startswith("---\n") else {}
+    meta = {**meta, "library_name": library, "tags": sorted(set(meta.get("tags", [])) | tags)}
+    return yaml.safe_dump(meta, sort_keys=False).strip()
+
+
+def render_gguf_card(report: dict[str, Any], run_card: str | None) -> str:
+    """`README.md` of a GGUF export: what llama.cpp measured of each file, and how to run them."""
+    gate = report["gate"]
+    rows = "\n".join(
+        f"| `{r['file']}` | {r['artifact'].removeprefix('gguf-').upper()} | {r['value']:.4f} | {r['drop_points']:+.2f} | {r['budget_points']:g} | "
+        f"{100 * r['tokenizer']['identical_share']:.0f}% | {100 * r['decoding']['identical_share']:.0f}% | "
+        + (f"{report['sizes_mb'][r['file']]:.1f} | {'pass' if r['passed'] else 'FAIL'} |" if r.get("shipped", True) else "- | FAIL, not shipped |")
+        for r in gate["artifacts"])
+    shipped = [r["file"] for r in gate["artifacts"] if r.get("passed")]
+    example = shipped[0] if shipped else "model-q8_0.gguf"
+    types = "; ".join(f"`{file}`: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
+                      for file, counts in report["stages"]["gguf"]["tensor_types"].items())
+    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report["timings_s"].items())
+    return f"""---
+{export_front_matter(run_card, "gguf", {"gguf", "llama.cpp", "peftstd-export"})}
+---
+
+# GGUF export of `{Path(report['source_run']).name}`
+
+Export **{report['status']}**: each file was loaded in llama.cpp (llama-cpp-python {report['runtime']['llama_cpp_python']}), which
+teacher-forced the source run's held-out test split ({gate['examples']} examples, {gate['artifacts'][0]['tokens']} scored tokens) against
+the trained PyTorch model (perplexity {gate['trained_metric']:.4f}), tokenized every test conversation (it must match the run's
+tokenizer) and decoded the first test prompts greedily (the share identical to PyTorch's tokens is recorded).
+
+| file | type | test perplexity | rise (%) | budget (%) | tokenized identically | decoded identically | size MB | gate |
+|---|---|---|---|---|---|---|---|---|
+{rows}
+
+Tensor types: {types}.
+Made by {report['stages']['gguf']['converter']} and {report['stages']['gguf']['quantizer']}; merge: {report['stages']['merge']['how']}.
+Stage times: {stages}.
+
+Run it:
+- llama.cpp: `llama-server -m {example}` (an OpenAI-compatible server; the chat template is in the file), or `llama-cli -m {example} -cnv`;
+- Ollama: `ollama create NAME -f Modelfile && ollama run NAME` (the Modelfile here holds the chat template and stop tokens);
+- peftstd: `peftstd predict FOLDER --artifact {gate['artifacts'][0]['artifact'] if not shipped else 'gguf-' + example.removeprefix('model-').removesuffix('.gguf')} "..."`.
+Everything above is in `export.json`.
+"""
+
+
 def render_export_card(report: dict[str, Any], run_card: str | None) -> str:
     """`README.md` of an export folder: the run's front matter plus what the export did and proved."""
+    if report.get("runtime", {}).get("engine") == "llama.cpp":
+        return render_gguf_card(report, run_card)
     gate = report["gate"]
     metric = gate.get("metric", "accuracy")
     change = "rise (%)" if metric == "perplexity" else "drop (points)"
@@ -150,8 +199,6 @@ def render_export_card(report: dict[str, Any], run_card: str | None) -> str:
     decoding = "".join(f"Greedy decoding of {r['decoding']['prompts']} test prompts, {r['artifact']} against PyTorch: identical tokens for "
                        f"{100 * r['decoding']['identical_share']:.0f}% of prompts, max step-score difference {r['decoding']['max_abs_score_difference']:.1e}.\n"
                        for r in gate["artifacts"] if "decoding" in r)
-    meta = yaml.safe_load(run_card.split("---\n")[1]) if run_card and run_card.startswith("---\n") else {}
-    meta = {**meta, "library_name": "onnx", "tags": sorted(set(meta.get("tags", [])) | {"onnx", "peftstd-export"})}
     rows = "\n".join(gate_row(record, report["sizes_mb"]) for record in gate["artifacts"])
     stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report["timings_s"].items())
     kept = {name: a["kept_in_float"] for name, a in report["stages"].get("quantize", {}).get("artifacts", {}).items() if "kept_in_float" in a}
@@ -172,7 +219,7 @@ def render_export_card(report: dict[str, Any], run_card: str | None) -> str:
     prune_line = (f"Structured pruning removed {100 * prune['flops_reduction']:.0f}% of encoder FLOPs "
                   f"({prune['parameters_before']:,} -> {prune['parameters_after']:,} parameters).\n\n") if prune else ""
     return f"""---
-{yaml.safe_dump(meta, sort_keys=False).strip() if meta else "library_name: onnx"}
+{export_front_matter(run_card, "onnx", {"onnx", "peftstd-export"})}
 ---
 
 # ONNX export of `{Path(report['source_run']).name}`

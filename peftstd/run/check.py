@@ -42,15 +42,22 @@ def check_export(folder: Path) -> list[Finding]:
     report = json.loads((folder / "export.json").read_text())
     findings.extend(check_hashes(folder, report.get("files", {})))
     gate = report.get("gate", {}).get("artifacts", [])
-    fp32 = next((r for r in gate if r.get("artifact") == "fp32"), {})
-    findings.append(Finding("parity figures recorded", "max_abs_logit_difference" in fp32,
-                            f"max |Δlogit| {fp32['max_abs_logit_difference']:.1e}" if "max_abs_logit_difference" in fp32 else "missing"))
+    if report.get("runtime", {}).get("engine") == "llama.cpp":  # GGUF: judged by perplexity and tokenization in llama.cpp
+        complete = bool(gate) and all("tokenizer" in r and "value" in r for r in gate)
+        findings.append(Finding("gate figures recorded", complete, f"{len(gate)} GGUF file(s) scored in llama.cpp" if complete else "missing"))
+    else:
+        fp32 = next((r for r in gate if r.get("artifact") == "fp32"), {})
+        findings.append(Finding("parity figures recorded", "max_abs_logit_difference" in fp32,
+                                f"max |Δlogit| {fp32['max_abs_logit_difference']:.1e}" if "max_abs_logit_difference" in fp32 else "missing"))
     gate = [r for r in gate if r.get("shipped", True)]  # artifacts that failed while another of their kind passed are gone
     failed = [r["artifact"] for r in gate if not r.get("passed")]
     findings.append(Finding("export gate passed", report.get("status") == "passed" and bool(gate) and not failed,
                             f"failed: {', '.join(failed)}" if failed else f"{len(gate)} artifact(s) within budget"))
     for record in gate:  # an artifact is a file, or (causal-LM, seq2seq) a folder of ONNX files
         path = folder / record["file"]
+        if path.suffix == ".gguf":
+            findings.append(attempt(f"{record['file']} loads in llama.cpp", lambda f=path: load_gguf(f)))
+            continue
         for onnx_file in sorted(path.glob("*.onnx")) if path.is_dir() else [path]:
             name = onnx_file.relative_to(folder).as_posix()
             findings.append(attempt(f"{name} loads in a bare onnxruntime session", lambda f=onnx_file: load_onnx(f)))
@@ -62,6 +69,18 @@ def load_onnx(path: Path) -> str:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return ", ".join(i.name for i in session.get_inputs())
+
+
+def load_gguf(path: Path) -> str:
+    import logging
+
+    import llama_cpp
+
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    model = llama_cpp.Llama(model_path=str(path), n_ctx=32, verbose=False)
+    description = f"{model.metadata.get('general.architecture', '?')}, {model.n_vocab()} tokens"
+    model.close()
+    return description
 
 
 def check_run(run: Path) -> list[Finding]:

@@ -22,6 +22,21 @@ from peftstd.errors import UserError
 Past = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+def end_ids(tokenizer, folder: Path) -> frozenset[int]:
+    """The tokens that end a turn: the generation config's eos ids and the tokenizer's eos."""
+    from transformers import GenerationConfig
+
+    ids = set()
+    try:
+        eos = GenerationConfig.from_pretrained(folder).eos_token_id
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    except OSError:
+        pass
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)
+
+
 @dataclass
 class KVBatch:
     """The running batch's cache and mask; rows in the order of the scheduler's sequences."""

@@ -72,10 +72,13 @@ class GateArtifact(Record):
     passed: bool
     value: float
     drop_points: float
+    runtime: str = "onnxruntime"  # what the gate ran it on: onnxruntime (ONNX files) or llama.cpp (GGUF files)
     openvino: RuntimeGate | None = None
 
     def passed_on(self, runtime: str) -> bool:
-        return self.passed and (runtime == "onnxruntime" or (self.openvino is not None and self.openvino.passed))
+        if runtime == self.runtime:
+            return self.passed
+        return self.passed and runtime == "openvino" and self.openvino is not None and self.openvino.passed
 
 
 class Gate(Record):
@@ -238,6 +241,11 @@ class ExportFolder(Folder):
     def disabled_optimizers(self) -> list[str]:
         """The ONNX Runtime session settings the gate verified the artifacts with (export.json `runtime`)."""
         return list(self.record.runtime.get("disabled_optimizers", []))
+
+    @property
+    def runtime(self) -> str:
+        """The runtime the export's artifacts were gated on by default: llama.cpp for GGUF exports."""
+        return str(self.record.runtime.get("engine", "onnxruntime"))
 
     @property
     def kv_cache(self) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftstd.errors import UserError
-from peftstd.runtime.decoders import Decoder, OnnxDecoder, TorchDecoder
+from peftstd.runtime.decoders import Decoder, OnnxDecoder, TorchDecoder, end_ids
 from peftstd.runtime.folders import ExportFolder, RunFolder
 from peftstd.runtime.load import adapter_of
 
@@ -33,21 +33,6 @@ class LanguageModel:
 
     def text_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
-
-
-def end_ids(tokenizer, folder: Path) -> frozenset[int]:
-    """The tokens that end a turn: the generation config's eos ids and the tokenizer's eos."""
-    from transformers import GenerationConfig
-
-    ids = set()
-    try:
-        eos = GenerationConfig.from_pretrained(folder).eos_token_id
-        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    except OSError:
-        pass
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return frozenset(ids)
 
 
 def window_of(folder: Path) -> int:

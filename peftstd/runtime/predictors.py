@@ -21,6 +21,7 @@ from scipy.special import softmax
 
 from peftstd.errors import UserError
 from peftstd.runtime.folders import ExportFolder, GateArtifact
+from peftstd.runtime.gguf_model import GGUF_ORDER
 from peftstd.runtime.inference import MODEL_INPUTS
 
 BATCH_DEPENDENT = ("int8-dynamic",)  # artifacts whose rows change with their neighbours in a batch
@@ -52,14 +53,18 @@ class Encoded:
 AUTO_ORDER = {  # the fastest served first, measured in bench/results/serve_load.md (sentiment export, 2-core CPU)
     "onnxruntime": ("int8-dynamic", "int8-static", "fp32"),  # dynamic int8 one row per call, 2 streams, alone: 711 texts/s, static 603
     "openvino": ("int8-static", "fp32"),  # OpenVINO runs dynamic int8 at a fifth of static's speed
+    "llama.cpp": GGUF_ORDER,
 }
 
 
 def choose_artifact(export: ExportFolder, artifact: str = "auto", runtime: str = "onnxruntime") -> GateArtifact:
     """The artifact to run: named, or (`auto`) the first of `AUTO_ORDER[runtime]` that passed the gate on `runtime`.
-    An artifact runs on a runtime only when the export gate judged it there and it passed; generative exports run
-    on onnxruntime only."""
-    if export.generative and runtime != "onnxruntime":
+    An artifact runs on a runtime only when the export gate judged it there and it passed; generative ONNX exports
+    run on onnxruntime only, GGUF exports on llama.cpp only."""
+    if export.runtime == "llama.cpp" and runtime != "llama.cpp":
+        raise UserError(f"{str(export.path)!r} holds GGUF files, which run in llama.cpp, not {runtime}: `peftstd predict` runs them, "
+                        "and llama.cpp's llama-server or Ollama (the folder's Modelfile) serve them")
+    if export.generative and runtime not in ("onnxruntime", "llama.cpp"):
         raise UserError(f"{str(export.path)!r} is a {export.task} export: generative exports run on onnxruntime only, not {runtime}")
     if artifact != "auto":
         record = export.artifact(artifact)
@@ -360,14 +365,44 @@ class GenerationPredictor(Predictor):
         return results
 
 
+class GgufPredictor(GenerationPredictor):
+    """A causal-LM GGUF file in llama.cpp, fed the token ids of the run's own chat template and tokenizer (what the
+    export gate scored), decoded greedily to an end-of-turn token."""
+
+    def load(self, threads: int | None, spinning: bool, streams: int) -> None:
+        from peftstd.runtime.decoders import end_ids
+        from peftstd.runtime.gguf_model import open_gguf
+        from peftstd.tasks import get_task
+
+        self.task = self.export.task
+        self.task_impl = get_task(self.task)
+        self.end_ids = end_ids(self.tokenizer, self.export.path)
+        self.model = open_gguf(self.path, self.max_length + self.max_new_tokens_limit, threads)
+        self.batch_independent = True
+        self.device = f"llama.cpp CPU ({self.model.n_threads} threads)"
+
+    def run(self, items: list[Encoded]) -> list[dict]:
+        from peftstd.runtime.gguf_model import greedy
+
+        results = []
+        for item in items:
+            new = greedy(self.model, item.rows[0]["input_ids"], item.meta, self.end_ids)
+            results.append({"text": self.tokenizer.decode(new, skip_special_tokens=True).strip(), "tokens": len(new), "truncated": item.truncated})
+        return results
+
+
 PREDICTORS = {p.task: p for p in (ClassificationPredictor, EntityPredictor, AnswerPredictor)}
 
 
-def load_predictor(path: str | Path, artifact: str = "auto", runtime: str = "onnxruntime", threads: int | None = None,
+def load_predictor(path: str | Path, artifact: str = "auto", runtime: str | None = None, threads: int | None = None,
                    spinning: bool = True, streams: int = 1) -> Predictor:
-    """The predictor of an export folder's task, on one of its gated artifacts; generative ones run one stream."""
+    """The predictor of an export folder's task, on one of its gated artifacts (on the export's own runtime unless
+    `runtime` is given); generative ones run one stream."""
     export = ExportFolder(path)
+    runtime = runtime or export.runtime
     record = choose_artifact(export, artifact, runtime)
+    if record.runtime == "llama.cpp":
+        return GgufPredictor(export, record, runtime, threads, spinning)
     if export.generative:
         return GenerationPredictor(export, record, runtime, threads, spinning)
     if export.task not in PREDICTORS:
