@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from provenance import provenance
+from provenance import provenance, write_report
 
 from peftstd.export.merge import merge
 from peftstd.runtime.engines import load_generative, quiet
@@ -108,11 +108,7 @@ def main() -> int:
               "run": str(run), "export": str(folder), "prompts": args.prompts, "new_tokens": args.new_tokens, "repeats": args.repeats,
               "threads": torch.get_num_threads(), "trained_perplexity": report["gate"]["trained_metric"], "gate": report["gate"],
               **provenance(), "rows": rows, "raw_ms_per_token": times}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render(result))
-    print(render(result))
+    write_report(Path(args.out), result, render(result))
     return 0
 
 

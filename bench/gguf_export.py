@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from provenance import machine_line, provenance
+from provenance import machine_line, provenance, write_report
 
 from peftstd.runtime.engines import load_generative, quiet
 from peftstd.runtime.gguf_model import llama_cpp, open_gguf
@@ -163,11 +163,7 @@ def main() -> int:
               **provenance(llama_cpp_python=llama_cpp().__version__), "rows": list(rows.values()), "gates": {name: gate_rows(r) for name, r in reports.items()},
               "timings": {name: r["timings_s"] for name, r in reports.items()},
               "raw": {"prompt_tokens_per_s": first, "generation_tokens_per_s": rest}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render(result))
-    print(render(result))
+    write_report(Path(args.out), result, render(result))
     return 0
 
 

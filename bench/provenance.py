@@ -24,3 +24,14 @@ def machine_line(report: dict) -> str:
     """"AMD EPYC, 2 cores (avx2, ...); commit 0123456789": the markdown report's first facts."""
     machine = report["machine"]
     return f"{machine['cpu']}, {machine['cores']} cores ({', '.join(machine['isa'])}); commit {report['git'][:10]}"
+
+
+def write_report(out: Path, result: dict, markdown: str) -> None:
+    """OUT.json (every figure) and OUT.md (the table a reader sees), both printed-out versions of one result."""
+    import json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
