@@ -25,6 +25,14 @@ def test_every_shipped_config_validates(config):
     assert result.stdout.startswith("ok:")
 
 
+@pytest.mark.parametrize("profile", sorted((REPO / "export").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_export_profile_validates(profile):
+    from peftstd.export.profile import load_profile
+
+    loaded = load_profile(str(profile), {})
+    assert loaded.format == ("gguf" if profile.stem == "gguf" else "tensorrt" if "tensorrt" in profile.stem else "onnx")
+
+
 def test_one_config_per_method_is_shipped():
     from peftstd.config import load_config
     from peftstd.methods import METHODS
