@@ -46,6 +46,16 @@ def gguf_export(chat_run, tmp_path_factory):
     return out
 
 
+def test_when_no_file_passes_the_export_fails_and_keeps_them_for_diagnosis(chat_run, tmp_path):
+    profile = tmp_path / "strict.yaml"
+    profile.write_text("format: gguf\ngguf_types: [q4_0]\ngguf_budgets: {q4_0: 0.0}\ngeneration_samples: 1\n")
+    result = peftstd("export", str(chat_run), "--profile", str(profile), "--out", str(tmp_path / "export"))
+    assert result.returncode == 1 and "export gate failed for gguf-q4_0" in result.stdout + result.stderr
+    report = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert report["status"] == "failed" and (tmp_path / "export" / "model-q4_0.gguf").is_file()
+    assert not (tmp_path / "export" / "Modelfile").exists() and peftstd("check", str(tmp_path / "export")).returncode != 0
+
+
 def test_q8_0_passes_llama_cpp_gate_and_an_over_budget_file_is_dropped_with_its_figures(gguf_export):
     report = json.loads((gguf_export / "export.json").read_text())
     q8, q4 = report["gate"]["artifacts"]
@@ -105,8 +115,12 @@ def test_an_encoder_run_asked_for_gguf_gets_one_line(trained, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [(["--int8"], "--int8, --fp16, --prune and --target gpu apply to ONNX"),
-                                            (["--gguf-types", "q3"], "Input should be 'f32', 'f16', 'bf16', 'q8_0'")])
+                                            (["--gguf-types", "q3"], "Input should be 'f32', 'f16', 'bf16', 'q8_0'"),
+                                            (["--profile", "BAD_BUDGET"], "gguf_budgets.q8_0: Input should be greater than or equal to 0")])
 def test_gguf_flag_mistakes_are_one_line(chat_run, tmp_path, flags, message):
+    if "BAD_BUDGET" in flags:
+        (tmp_path / "bad.yaml").write_text("gguf_budgets: {Q8_0: -1}\n")
+        flags = ["--profile", str(tmp_path / "bad.yaml")]
     result = peftstd("export", str(chat_run), "--format", "gguf", *flags, "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 

@@ -236,7 +236,8 @@ def export_gguf(loaded, cfg, splits, task, profile, stages, report: dict, folder
                 (folder / record["file"]).unlink()
                 record["not_shipped"] = (f"perplexity rose {record['drop_points']:.2f}% (budget {record['budget_points']}%)" if not record["metric_passed"]
                                          else f"llama.cpp tokenized {100 * (1 - record['tokenizer']['identical_share']):.1f}% of the test conversations differently")
-        shipped = [r["file"] for r in gate if r["passed"]]
-        preferred = next(f"model-{name.removeprefix('gguf-')}.gguf" for name in GGUF_ORDER if f"model-{name.removeprefix('gguf-')}.gguf" in shipped)
-        (folder / "Modelfile").write_text(modelfile(preferred, tokenizer, end_ids, [f for f in shipped if f != preferred]), encoding="utf-8")
+        shipped = {r["artifact"]: r["file"] for r in gate if r["passed"]}
+        preferred = next(shipped[name] for name in GGUF_ORDER if name in shipped)
+        others = [file for file in shipped.values() if file != preferred]
+        (folder / "Modelfile").write_text(modelfile(preferred, tokenizer, end_ids, others), encoding="utf-8")
     return passed

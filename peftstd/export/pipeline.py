@@ -420,6 +420,6 @@ def print_gate(report: dict, out_dir: Path) -> None:
             worst = record.get("worst_layer")
             why = f"; worst layer {worst['layer']} (max |Δ| {worst['max_abs_difference']:.2e})" if worst else ""
             console.print(f"peftstd: export gate failed for {record['artifact']}: drop {record['drop_points']:.2f} points"
-                          f" (budget {gate['budget_points']})"
+                          f" (budget {record.get('budget_points', gate['budget_points'])})"
                           + (f", max |Δlogit| {record['max_abs_logit_difference']:.2e}" if "max_abs_logit_difference" in record else "") + why)
     console.print(f"export {report['status']}: {out_dir}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
@@ -48,7 +48,7 @@ class ExportProfile(Section):
                                     "and by PyTorch, to check the cached decoding path step by step.")
     gguf_types: list[GgufType] = Field(
         ["f16", "q8_0", "q4_k_m"], min_length=1, description="GGUF: the types written, each gated on its own (llama.cpp's names, any case).")
-    gguf_budgets: dict[GgufType, float] = Field(
+    gguf_budgets: dict[GgufType, Annotated[float, Field(ge=0)]] = Field(
         {"q4_k_m": 10.0, "q4_0": 10.0}, description="GGUF: the perplexity budget (percent rise) of a type, where it is not `budget`; "
         "4-bit types lose more by design (measured in bench/results/gguf_export.md).")
     speed_check: bool = Field(True, description="Time every artifact against PyTorch (batch 1 and 8, sequence 128) for the export card.")
