@@ -116,7 +116,7 @@ def test_an_encoder_run_asked_for_gguf_gets_one_line(trained, tmp_path):
 
 @pytest.mark.parametrize("flags, message", [(["--int8"], "--int8, --fp16, --prune and --target gpu apply to ONNX"),
                                             (["--gguf-types", "q3"], "Input should be 'f32', 'f16', 'bf16', 'q8_0'"),
-                                            (["--profile", "BAD_BUDGET"], "gguf_budgets.q8_0: Input should be greater than or equal to 0")])
+                                            (["--profile", "BAD_BUDGET"], "gguf_budgets: a budget is the largest allowed rise in percent, 0 or more; negative for q8_0")])
 def test_gguf_flag_mistakes_are_one_line(chat_run, tmp_path, flags, message):
     if "BAD_BUDGET" in flags:
         (tmp_path / "bad.yaml").write_text("gguf_budgets: {Q8_0: -1}\n")

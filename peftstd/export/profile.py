@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
@@ -48,7 +48,7 @@ class ExportProfile(Section):
                                     "and by PyTorch, to check the cached decoding path step by step.")
     gguf_types: list[GgufType] = Field(
         ["f16", "q8_0", "q4_k_m"], min_length=1, description="GGUF: the types written, each gated on its own (llama.cpp's names, any case).")
-    gguf_budgets: dict[GgufType, Annotated[float, Field(ge=0)]] = Field(
+    gguf_budgets: dict[GgufType, float] = Field(
         {"q4_k_m": 10.0, "q4_0": 10.0}, description="GGUF: the perplexity budget (percent rise) of a type, where it is not `budget`; "
         "4-bit types lose more by design (measured in bench/results/gguf_export.md).")
     speed_check: bool = Field(True, description="Time every artifact against PyTorch (batch 1 and 8, sequence 128) for the export card.")
@@ -61,6 +61,14 @@ class ExportProfile(Section):
             return [v.lower() if isinstance(v, str) else v for v in value]
         if isinstance(value, dict):
             return {k.lower() if isinstance(k, str) else k: v for k, v in value.items()}
+        return value
+
+    @field_validator("gguf_budgets")
+    @classmethod
+    def non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        negative = sorted(kind for kind, budget in value.items() if budget < 0)
+        if negative:
+            raise ValueError(f"a budget is the largest allowed rise in percent, 0 or more; negative for {', '.join(negative)}")
         return value
 
     def gguf_budget_for(self, kind: str) -> float:
