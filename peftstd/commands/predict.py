@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="+", help="texts to classify or tag (question answering: the questions)")
     parser.add_argument("--context", help="question answering: the passage the questions are answered from")
     parser.add_argument("--artifact", help="artifact: fp32, int8, a kind (int8-static, gguf-q8_0) or a file "
-                        "(default fp32; for a GGUF export the closest to the trained model that passed)")
+                        "(default fp32; for a GGUF export Q8_0, else the next type that passed)")
     parser.add_argument("--runtime", choices=["onnxruntime", "openvino", "llama.cpp"],
                         help="engine (default: the export's own, onnxruntime, or llama.cpp for GGUF exports)")
 

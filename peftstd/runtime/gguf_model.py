@@ -12,7 +12,9 @@ import numpy as np
 
 from peftstd.errors import UserError
 
-GGUF_ORDER = tuple(f"gguf-{kind}" for kind in ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q5_0", "q4_0", "f16", "bf16", "f32"))  # closest to the trained model first
+# the file `auto` picks, first that passed: Q8_0 (within 1% and the fastest in bench/results/gguf_export.md), the smaller
+# quantized types, then the float ones
+GGUF_ORDER = tuple(f"gguf-{kind}" for kind in ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q5_0", "q4_0", "f16", "bf16", "f32"))
 INSTALL_HINT = "pip install 'peftstd[gguf]' (builds llama.cpp from the llama-cpp-python sdist)"
 
 
