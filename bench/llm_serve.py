@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,15 +38,11 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import REPO, machine_line, provenance
+from provenance import REPO, machine_line, provenance, write_report
+
+from peftstd.basics.ports import free_port
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(models: list[str], cwd: Path = REPO, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
@@ -237,10 +232,7 @@ def main() -> None:
         finally:
             stop(process)
     report["memory"] = memory
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, report, markdown(report))
 
 
 def markdown(report: dict) -> str:

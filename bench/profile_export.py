@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from provenance import machine_line, provenance
+from provenance import machine_line, provenance, write_report
 
 # (label, file suffix, function name): cumulative time of each, read from the profile
 CALLS = [
@@ -67,11 +67,7 @@ def main() -> int:
     report = {**provenance(), "run": args.run, "profile": args.profile, "exit_code": code, "wall_s": wall,
               "stages_s": record["timings_s"], "quantize": record["stages"].get("quantize", {}),
               "calls": {label: dict(zip(("seconds", "calls"), cumulative(stats, suffix, name))) for label, suffix, name in CALLS}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "export_profile.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "export_profile.md").write_text(markdown(report))
-    print((out / "export_profile.md").read_text())
+    write_report(Path(args.out) / "export_profile", report, markdown(report))
     return 0
 
 

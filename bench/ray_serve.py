@@ -35,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from provenance import machine_line, provenance
+from provenance import machine_line, provenance, write_report
 from serve_load import Connection, closed_loop, free_port, split_url, wait_ready
 
 from peftstd.runtime.folders import ExportFolder, RunFolder
@@ -254,12 +254,8 @@ def main() -> int:
     report["fixed"] = fixed_replicas(export, texts, args.rounds, args.seconds)
     report["knee"] = knee(export, texts, args.knee_seconds)
     report["timeline"] = timeline(export, texts, idle=10, busy=args.busy, after=defaults.downscale_delay_s + 60)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ray_serve.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "ray_serve.md").write_text(markdown(report))
-    chart(report, out / "ray_serve.png")
-    print((out / "ray_serve.md").read_text())
+    write_report(Path(args.out) / "ray_serve", report, markdown(report))
+    chart(report, Path(args.out) / "ray_serve.png")
     return 0
 
 

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,8 +31,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from provenance import provenance
+from provenance import provenance, write_report
 
+from peftstd.basics.ports import free_port
 from peftstd.runtime.folders import ExportFolder, RunFolder
 
 HAND = "FastAPI + transformers pipeline (PyTorch {precision})"
@@ -64,12 +64,6 @@ def predict(request: Request):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled={bf16}):
         return {{"outputs": classify(request.inputs)}}
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, process: subprocess.Popen, path: str, timeout: float = 300) -> None:
@@ -391,12 +385,8 @@ def main() -> int:
                 process.wait(timeout=60)
 
     summarize(result)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_load.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "serve_load.md").write_text(markdown(result))
-    chart(result, out / "serve_load.png")
-    print((out / "serve_load.md").read_text())
+    write_report(Path(args.out) / "serve_load", result, markdown(result))
+    chart(result, Path(args.out) / "serve_load.png")
     return 0
 
 

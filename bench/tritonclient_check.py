@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -61,14 +60,14 @@ def main() -> int:
     import numpy as np
     from transformers import AutoTokenizer
 
+    from peftstd.basics.ports import free_port
+
     venv = Path(args.venv)
     if not (venv / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "tritonclient[http]"], check=True)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "peftstd", "serve", f"m={args.export}", "--port", str(port), "--artifact", "fp32"],
                               cwd=REPO, stdout=subprocess.DEVNULL)
     try:

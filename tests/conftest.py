@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from peftstd.basics.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "finetune.py"
@@ -195,12 +196,6 @@ def exported(trained, tmp_path_factory) -> Path:
     result = peftstd("export", str(trained["lora"]), "--int8", "--budget", "100", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

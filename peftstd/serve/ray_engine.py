@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ray import serve
 
+from peftstd.basics.ports import free_port
 from peftstd.errors import UserError
 from peftstd.serve.config import ServeConfig
 
@@ -120,14 +121,6 @@ def replica_states() -> dict[str, int]:
     app = serve.status().applications.get(APP)
     deployment = app.deployments.get(APP) if app else None
     return {str(getattr(state, "value", state)): count for state, count in (deployment.replica_states if deployment else {}).items()}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def serve_on_ray(cfg: ServeConfig, exports: dict[str, Path]) -> int:
