@@ -132,7 +132,6 @@ def conversation_text(tokenizer, row) -> str:
     return "".join(f"{text}\n" for _, text in row.history) + f"{row.prompt}\n{row.response}"
 
 
-@torch.no_grad()
 def judge(path: Path, features: list[dict], texts: list[str], prompts: list[list[int]], reference: list[list[int]], tokenizer,
           max_new_tokens: int, end_ids: frozenset[int], context: int) -> dict:
     """llama.cpp's figures for one GGUF file: perplexity on `features`, tokenization of `texts`, greedy decoding of
