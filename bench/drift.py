@@ -81,7 +81,7 @@ def main() -> int:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
 
-    from peftstd.runtime.predictors import load_predictor
+    from peftstd.runtime.choice import load_predictor
 
     export_dir = Path(args.export).resolve()
     predictor = load_predictor(export_dir)

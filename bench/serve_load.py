@@ -230,7 +230,7 @@ def paired_rounds(export: Path, engine: dict, route: str, texts: list[str], thre
     sections; pairs taken seconds apart see the same machine, and their spread is reported."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from peftstd.runtime.predictors import load_predictor
+    from peftstd.runtime.choice import load_predictor
 
     predictor = load_predictor(export, engine["artifact"], engine["runtime"], threads, streams=engine["streams"])
     items = sorted((predictor.encode(t) for t in texts), key=lambda item: item.length)
@@ -255,8 +255,8 @@ def engines_alone(export: Path, texts: list[str], threads: int, repeats: int) ->
     arrival). The best-configured engine is the ceiling."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from peftstd.runtime.choice import load_predictor
     from peftstd.runtime.engines import RUNTIMES
-    from peftstd.runtime.predictors import load_predictor
 
     rows = []
     for record in ExportFolder(export).artifacts().values():  # the shipped ones
@@ -287,11 +287,11 @@ def engines_alone(export: Path, texts: list[str], threads: int, repeats: int) ->
 def served_engines(folder: ExportFolder, engines: list[dict]) -> list[dict]:
     """The server at its defaults first, then on each runtime the engine configuration that was fastest alone (the
     predictor runs a batch-dependent artifact's rows one at a time, so every artifact serves batch-independently)."""
-    from peftstd.runtime.predictors import choose_artifact
+    from peftstd.runtime.choice import choose_artifact
     from peftstd.serve.server import default_streams
 
-    default = next(r for r in engines if (r["artifact"], r["runtime"], r["streams"])
-                   == (choose_artifact(folder).artifact, "onnxruntime", default_streams(None)))
+    record, runtime = choose_artifact(folder)
+    default = next(r for r in engines if (r["artifact"], r["runtime"], r["streams"]) == (record.artifact, runtime, default_streams(None)))
     served = [default]
     for runtime in dict.fromkeys(r["runtime"] for r in engines):
         best = max((r for r in engines if r["runtime"] == runtime), key=lambda r: r["batch32_texts_per_s"])

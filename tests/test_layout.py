@@ -33,6 +33,7 @@ RUNTIME_STACK = [
     {"inference", "load"},                            # ONNX sessions and shared steps; loading a run's PyTorch model
     {"engines", "decoders", "gguf_model"},            # engines of encoder artifacts; decoders for token-by-token generation; llama.cpp
     {"backends", "predictors"},                       # predictors over an engine, the benchmark's backends
+    {"choice"},                                       # which artifact and runtime run fastest here (times predictors)
     {"language_model", "classifier_adapters", "timing"},  # a causal LM to serve; classifiers sharing a base; timing
     {"drift"},                                        # drift of a predictor's inputs and outputs (uses predictors)
 ]

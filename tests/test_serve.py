@@ -27,19 +27,21 @@ def predict(server: Server, model: str, inputs, headers=None, timeout: float = 6
 
 
 def test_classification_is_served_like_predict_and_listed(exported, start):
-    from peftstd.runtime.predictors import load_predictor
+    from peftstd.runtime.choice import load_predictor
+    from peftstd.runtime.folders import ExportFolder
 
     server = start(f"sentiment={exported}")
     response = predict(server, "sentiment", TEXTS)
     assert response.status_code == 200, response.text
     outputs = response.json()["outputs"]
-    expected = load_predictor(exported).predict(TEXTS)  # auto: the dynamic int8 artifact, as the server chose
+    expected = load_predictor(exported).predict(TEXTS)  # auto: the artifact and runtime measured fastest at export, as the server chose
     assert [o["label"] for o in outputs] == [e["label"] for e in expected]
     assert max(abs(o["probabilities"][k] - e["probabilities"][k]) for o, e in zip(outputs, expected) for k in o["probabilities"]) < 1e-4
     listing = httpx.get(f"{server.url}/v1/models").json()["data"][0]
     assert listing["name"] == "sentiment" and listing["task"] == "text-classification" and listing["labels"] == ["negative", "positive"]
-    assert listing["artifact"] == "int8-dynamic" and listing["gate"]["passed"] and listing["exported"]
-    assert listing["rows_share_calls"] is False  # dynamic int8 scales activations over the whole call: one row per call
+    fastest = ExportFolder(exported).record.choice.timings[0]
+    assert (listing["artifact"], listing["runtime"]) == (fastest.artifact, fastest.runtime) and listing["gate"]["passed"] and listing["exported"]
+    assert listing["rows_share_calls"] is (fastest.artifact != "int8-dynamic")  # dynamic int8 scales activations over the whole call
     assert httpx.get(f"{server.url}/docs").status_code == 200
 
 
@@ -67,7 +69,7 @@ def test_inference_routes_skip_the_router_but_run_the_documented_handlers():
 def test_batched_results_equal_single_results(exported, artifact):
     """Each text alone, then inside a batch of mixed lengths, as the batcher forms them: same probabilities within
     the gate's parity tolerance, same labels. Dynamic int8 gets there by running its rows one at a time."""
-    from peftstd.runtime.predictors import load_predictor
+    from peftstd.runtime.choice import load_predictor
 
     predictor = load_predictor(exported, artifact)
     texts = TEXTS * 4
@@ -460,7 +462,7 @@ def train_and_export(tmp_path_factory, name: str, rows: list[dict], overrides: l
 
 
 def test_openvino_runs_the_same_files_judged_by_the_gate(exported, start):
-    from peftstd.runtime.predictors import load_predictor
+    from peftstd.runtime.choice import load_predictor
 
     report = json.loads((exported / "export.json").read_text())
     fp32 = next(r for r in report["gate"]["artifacts"] if r["artifact"] == "fp32")

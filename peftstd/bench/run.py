@@ -123,6 +123,11 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
                    "rss_mb": psutil.Process().memory_info().rss / 2**20, **summary(times[backend.name], batch, sequence)}
             result["rows"].append(row)
             result["raw_seconds"][f"{backend.name}|{batch}|{sequence}"] = times[backend.name]
+    if export is not None:
+        from peftstd.runtime.choice import explain
+        from peftstd.runtime.folders import ExportFolder
+
+        result["pick"] = explain(ExportFolder(export), threads)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "bench.md").write_text(markdown(result))
@@ -133,7 +138,11 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
     for r in result["rows"]:
         table.add_row(r["backend"], str(r["batch"]), str(r["sequence"]), f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
                       f"{r['p99_ms']:.2f}", f"{r['samples_per_s']:.1f}", f"{r['metric']:.4f}" if r["metric"] is not None else "-")
-    make_console().print(table)
+    console = make_console()
+    console.print(table)
+    if "pick" in result:
+        console.print(f"peftstd serve --artifact auto runs {result['pick']['artifact']} on {result['pick']['runtime']} here: "
+                      f"{result['pick']['why']}")
     return result
 
 
@@ -149,6 +158,15 @@ def markdown(result: dict) -> str:
         metric = f"{r['metric']:.4f}" if r["metric"] is not None else "-"
         lines.append(f"| {r['backend']} | {r['batch']} | {r['sequence']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
                      f"{r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | {size} | {metric} | {r['device']} |")
+    if "pick" in result:
+        pick = result["pick"]
+        lines += ["", f"`peftstd serve --artifact auto` runs **{pick['artifact']}** on **{pick['runtime']}** here: {pick['why']}."]
+        if pick["timings"]:
+            batches = list(pick["timings"][0]["samples_per_s"])
+            lines += ["", "| artifact | runtime | " + " | ".join(f"rows/s at batch {b}" for b in batches) + " | score (geometric mean) |",
+                      "|---|---|" + "---|" * len(batches) + "---|"]
+            lines += [f"| {t['artifact']} | {t['runtime']} | " + " | ".join(f"{t['samples_per_s'][b]:.0f}" for b in batches)
+                      + f" | {t['score']:.0f} |" for t in pick["timings"]]
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "table, or a .txt file of one input per line")
     parser.add_argument("--column", default="text", help="the table's input column (default text)")
     parser.add_argument("--artifact", default="auto", help="artifact to run (default: the one `serve` picks)")
-    parser.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    parser.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"],
+                        help="engine (default auto: the one `serve` picks)")
     parser.add_argument("--out", help="write the figures as JSON here")
     parser.add_argument("--fail-on", choices=["moderate", "major"], help="exit 3 when any feature drifts this much or more")
 

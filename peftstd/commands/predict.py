@@ -13,18 +13,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("export_dir", help="export folder")
     parser.add_argument("texts", nargs="+", help="texts to classify or tag (question answering: the questions)")
     parser.add_argument("--context", help="question answering: the passage the questions are answered from")
-    parser.add_argument("--artifact", help="artifact: fp32, int8, a kind (int8-static, gguf-q8_0) or a file "
-                        "(default fp32; for a GGUF export Q8_0, else the next type that passed)")
-    parser.add_argument("--runtime", choices=["onnxruntime", "openvino", "llama.cpp"],
-                        help="engine (default: the export's own, onnxruntime, or llama.cpp for GGUF exports)")
+    parser.add_argument("--artifact", default="auto", help="artifact: fp32, int8, a kind (int8-static, gguf-q8_0) or a file "
+                        "(default auto: the one measured fastest on this machine, as `peftstd serve` picks; for a GGUF export "
+                        "Q8_0, else the next type that passed)")
+    parser.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino", "llama.cpp"], default="auto",
+                        help="engine (default auto: with --artifact auto the one measured fastest here, else onnxruntime; "
+                        "llama.cpp for GGUF exports)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from peftstd.runtime.folders import ExportFolder
-    from peftstd.runtime.predictors import load_predictor
+    from peftstd.runtime.choice import load_predictor
 
-    artifact = args.artifact or ("auto" if ExportFolder(args.export_dir).runtime == "llama.cpp" else "fp32")
-    predictor = load_predictor(args.export_dir, artifact, args.runtime)
+    predictor = load_predictor(args.export_dir, args.artifact, args.runtime)
     if predictor.task == "question-answering":
         if not args.context:
             raise UserError("this export answers questions: give the passage with --context \"...\"")

@@ -49,9 +49,9 @@ def read_inputs(path: Path, column: str, task: str) -> list[Any]:
     return inputs
 
 
-def monitor_export(export_dir: Path, data: Path, column: str = "text", artifact: str = "auto", runtime: str = "onnxruntime") -> dict:
+def monitor_export(export_dir: Path, data: Path, column: str = "text", artifact: str = "auto", runtime: str = "auto") -> dict:
     """{reference, examples, figures: {feature: {psi, js, n, verdict}}, rates} of the inputs in `data`."""
-    from peftstd.runtime.predictors import load_predictor
+    from peftstd.runtime.choice import load_predictor
 
     predictor = load_predictor(export_dir, artifact, runtime)
     reference = predictor.export.monitor

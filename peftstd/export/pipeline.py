@@ -287,13 +287,22 @@ def finish(folder: Path, report: dict, passed: bool, task, max_length: int, labe
     from peftstd.basics.atomic import write_json, write_text
     from peftstd.basics.hashing import sha256_file
     from peftstd.run.card import render_export_card
-    from peftstd.runtime.drift import write_reference
+    from peftstd.runtime.choice import measure_export, reason
+    from peftstd.runtime.drift import input_of, write_reference
+    from peftstd.runtime.folders import ExportFolder
 
     write_json(folder / "labels.json", labels)
     report.update({"status": "passed" if passed else "failed", "task": task.name,
                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "max_length": max_length, "ops": ops})
     if passed:
-        write_json(folder / "export.json", report)  # read by the predictor that builds the reference; rewritten below
+        write_json(folder / "export.json", report)  # read by the predictors timed and the one that builds the reference; rewritten below
+        if not task.generative:
+            with stages.stage("choice"):  # what `serve --artifact auto` runs on this machine, measured (runtime/choice.py)
+                choice = measure_export(ExportFolder(folder), [input_of(row) for row in test_rows])
+            if choice is not None:
+                report["choice"] = choice.model_dump(mode="json")
+                print(f"[export] fastest here: {reason(choice)}", file=sys.stderr, flush=True)
+                write_json(folder / "export.json", report)
         with stages.stage("monitor"):
             write_reference(folder, test_rows)
     report.update({"timings_s": stages.timings, "peak_rss_mb": stages.peak_rss_mb,

@@ -190,7 +190,7 @@ def write_reference(folder, rows: list) -> MonitorRecord:
     """monitor.json of a passed export folder, from the held-out rows the gate judged, on the artifact that
     `peftstd serve` picks by default."""
     from peftstd.basics.atomic import write_json
-    from peftstd.runtime.predictors import load_predictor
+    from peftstd.runtime.choice import load_predictor
 
     predictor = load_predictor(folder)
     record = reference_profile(predictor, observe_inputs(predictor, [input_of(r) for r in rows]))

@@ -89,6 +89,24 @@ class Gate(Record):
     artifacts: list[GateArtifact]
 
 
+class Timing(Record):
+    """One artifact on one runtime, timed by `runtime.choice`: rows per second at each batch size, and their
+    geometric mean (the score it is ranked by)."""
+
+    artifact: str
+    runtime: str
+    samples_per_s: dict[int, float]
+    score: float
+
+
+class Choice(Record):
+    """What serves fastest on one machine (export.json `choice`, or the user cache for another CPU), best first."""
+
+    machine: dict[str, Any]
+    lengths: list[int]
+    timings: list[Timing]
+
+
 class ExportRecord(Record):
     """export.json of an export folder (the keys peftstd reads back)."""
 
@@ -102,6 +120,7 @@ class ExportRecord(Record):
     task_settings: dict[str, Any] | None = None
     files: dict[str, str] = {}
     created: str | None = None
+    choice: Choice | None = None
 
 
 OTHER = "(other)"  # a label the drift reference never had

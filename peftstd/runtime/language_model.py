@@ -46,9 +46,9 @@ def export_language_model(export: ExportFolder, artifact: str = "auto", threads:
     """The gated decoder of a causal-LM export (its KV-cache ONNX file), fp32 or weight-only int8."""
     from transformers import AutoTokenizer
 
-    from peftstd.runtime.predictors import choose_artifact
+    from peftstd.runtime.choice import choose_artifact
 
-    record = choose_artifact(export, artifact, "onnxruntime")
+    record, _ = choose_artifact(export, artifact, "onnxruntime")
     folder = export.artifact_path(record.artifact)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     decoder = OnnxDecoder(folder, threads, spinning)

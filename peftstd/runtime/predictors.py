@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,6 @@ from scipy.special import softmax
 
 from peftstd.errors import UserError
 from peftstd.runtime.folders import ExportFolder, GateArtifact
-from peftstd.runtime.gguf_model import GGUF_ORDER
 from peftstd.runtime.inference import MODEL_INPUTS
 
 BATCH_DEPENDENT = ("int8-dynamic",)  # artifacts whose rows change with their neighbours in a batch
@@ -48,43 +46,6 @@ class Encoded:
     def real_tokens(self) -> int:
         """Its tokens without padding."""
         return sum(len(r["input_ids"]) for r in self.rows)
-
-
-AUTO_ORDER = {  # the fastest served first, measured in bench/results/serve_load.md (sentiment export, 2-core CPU)
-    "onnxruntime": ("int8-dynamic", "int8-static", "fp32"),  # dynamic int8 one row per call, 2 streams, alone: 711 texts/s, static 603
-    "openvino": ("int8-static", "fp32"),  # OpenVINO runs dynamic int8 at a fifth of static's speed
-    "llama.cpp": GGUF_ORDER,
-}
-
-
-def choose_artifact(export: ExportFolder, artifact: str = "auto", runtime: str = "onnxruntime") -> GateArtifact:
-    """The artifact to run: named, or (`auto`) the first of `AUTO_ORDER[runtime]` that passed the gate on `runtime`.
-    An artifact runs on a runtime only when the export gate judged it there and it passed; generative ONNX exports
-    run on onnxruntime only, GGUF exports on llama.cpp only."""
-    if export.runtime == "llama.cpp" and runtime != "llama.cpp":
-        raise UserError(f"{str(export.path)!r} holds GGUF files, which run in llama.cpp, not {runtime}: `peftstd predict` runs them, "
-                        "and llama.cpp's llama-server or Ollama (the folder's Modelfile) serve them")
-    if export.generative and runtime not in ("onnxruntime", "llama.cpp"):
-        raise UserError(f"{str(export.path)!r} is a {export.task} export: generative exports run on onnxruntime only, not {runtime}")
-    if artifact != "auto":
-        record = export.artifact(artifact)
-        if not record.passed_on(runtime):
-            if not record.passed:
-                why = "failed the export gate"
-            elif record.openvino is None:
-                why = f"was not judged on {runtime} by the export gate (re-export with the `{runtime}` package installed)"
-            else:
-                why = f"failed the export gate on {runtime}"
-            raise UserError(f"artifact {record.artifact} of {str(export.path)!r} {why}; serve one that passed")
-        return record
-    records = export.artifacts()
-    for kind in AUTO_ORDER[runtime]:
-        if kind in records and records[kind].passed_on(runtime):
-            return records[kind]
-    passing = [r for r in records.values() if r.passed_on(runtime)]
-    if not passing:
-        raise UserError(f"no artifact of {str(export.path)!r} passed the export gate on {runtime}; nothing to serve")
-    return passing[0]
 
 
 class Predictor:
@@ -394,13 +355,10 @@ class GgufPredictor(GenerationPredictor):
 PREDICTORS = {p.task: p for p in (ClassificationPredictor, EntityPredictor, AnswerPredictor)}
 
 
-def load_predictor(path: str | Path, artifact: str = "auto", runtime: str | None = None, threads: int | None = None,
-                   spinning: bool = True, streams: int = 1) -> Predictor:
-    """The predictor of an export folder's task, on one of its gated artifacts (on the export's own runtime unless
-    `runtime` is given); generative ones run one stream."""
-    export = ExportFolder(path)
-    runtime = runtime or export.runtime
-    record = choose_artifact(export, artifact, runtime)
+def open_predictor(export: ExportFolder, record: GateArtifact, runtime: str, threads: int | None = None, spinning: bool = True,
+                   streams: int = 1) -> Predictor:
+    """The predictor of an export folder's task on one of its artifacts (`runtime.choice.load_predictor` picks which);
+    generative ones run one stream."""
     if record.runtime == "llama.cpp":
         return GgufPredictor(export, record, runtime, threads, spinning)
     if export.generative:

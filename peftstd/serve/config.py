@@ -19,10 +19,11 @@ class ServeConfig(Section):
     host: str = Field("127.0.0.1", description="address to listen on; any other than loopback needs a key file")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
     keys: Path | None = Field(None, description="API key file (`peftstd serve keys add`); without it every request is allowed")
-    artifact: str = Field("auto", description="artifact to serve: auto (the fastest served that passed the gate on the "
-                          "runtime: dynamic int8, static int8, fp32 on onnxruntime; static int8, fp32 on openvino), fp32, int8, "
-                          "or a kind/file of export.json")
-    runtime: Literal["onnxruntime", "openvino"] = Field("onnxruntime", description="engine of the encoder tasks' artifacts")
+    artifact: str = Field("auto", description="artifact to serve: auto (of those that passed the gate, the one measured "
+                          "fastest on this machine: at export, or at start on another CPU), fp32, int8, or a kind/file of export.json")
+    runtime: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto", description="engine of the encoder tasks' artifacts; auto: with artifact auto, the one measured fastest here "
+        "(onnxruntime, or openvino where installed), else onnxruntime")
     threads: int | None = Field(None, ge=1, description="intra-op threads per model (default: the engine's)")
     streams: int | None = Field(None, ge=1, description="batches of one model that run at once, the threads split between "
                                 "them (default: 2 on a machine with 2 or more cores, else 1; bench/results/serve_load.md)")

@@ -40,8 +40,8 @@ def model_names(exports: list[str]) -> dict[str, Path]:
 
 def check_startup(cfg: ServeConfig, exports: dict[str, Path]) -> None:
     """What a user can get wrong, before anything loads: each export has a servable artifact, keys where needed."""
+    from peftstd.runtime.choice import choose_artifact
     from peftstd.runtime.folders import ExportFolder
-    from peftstd.runtime.predictors import choose_artifact
 
     if not cfg.loopback and cfg.keys is None:
         raise UserError(f"serving on {cfg.host} without --keys would let anyone call the models; "
@@ -53,7 +53,7 @@ def check_startup(cfg: ServeConfig, exports: dict[str, Path]) -> None:
             raise UserError(f"key file {str(cfg.keys)!r} holds no keys; add one with `peftstd serve keys add NAME --keys {cfg.keys}`")
     for path in exports.values():
         if ExportFolder.holds(path):
-            choose_artifact(ExportFolder(path), cfg.artifact, cfg.runtime)
+            choose_artifact(ExportFolder(path), cfg.artifact, cfg.runtime, cfg.threads, spinning=False)  # measured here once, then cached
     if cfg.request_log not in (None, "-"):
         folder = Path(cfg.request_log).absolute().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
@@ -72,9 +72,9 @@ def default_streams(streams: int | None) -> int:
 def server_state(cfg: ServeConfig, exports: dict[str, Path]):
     """The state every protocol's routes share, with the loader of each model (started by the app's lifespan, or
     awaited by a Ray replica before it takes traffic)."""
+    from peftstd.runtime.choice import load_predictor
     from peftstd.runtime.classifier_adapters import adapter_predictors
     from peftstd.runtime.folders import ExportFolder, RunFolder
-    from peftstd.runtime.predictors import load_predictor
     from peftstd.serve.app import RateLimiter, ServerState
     from peftstd.serve.keys import KeyRing
     from peftstd.serve.requestlog import RequestLog
