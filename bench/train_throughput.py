@@ -48,9 +48,9 @@ CLASSIFY_RUNS = ["peftstd-auto", "peftstd-whole-last-layer", "trainer-best", "tr
 SFT_RUNS = ["sft-peftstd-auto", "sft-trl-best"]
 
 
-def stock_trainer(train_samples: int, best: bool) -> dict:
-    """transformers Trainer + peft in this process: `best` (dynamic padding, length grouping, bf16 autocast) or
-    run_glue's defaults (padding="max_length", fp32)."""
+def stock_trainer(train_samples: int, best: bool, bf16: bool | None = None) -> dict:
+    """transformers Trainer + peft in this process: `best` (dynamic padding, length grouping, bf16 autocast unless
+    `bf16` is False: a CPU without bf16) or run_glue's defaults (padding="max_length", fp32)."""
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
@@ -86,7 +86,7 @@ def stock_trainer(train_samples: int, best: bool) -> dict:
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(out, per_device_train_batch_size=CLASSIFY["batch"], per_device_eval_batch_size=64,
                                  learning_rate=CLASSIFY["lr"], num_train_epochs=CLASSIFY["epochs"], warmup_ratio=0.06, weight_decay=0.01,
-                                 bf16=best, group_by_length=best, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
+                                 bf16=best if bf16 is None else bf16, group_by_length=best, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
                                  seed=42, dataloader_num_workers=0)
         trainer = Trainer(model=model, args=args, train_dataset=encode(train), eval_dataset=encode(test),
                           data_collator=DataCollatorWithPadding(tokenizer) if best else None)
@@ -206,12 +206,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="bench/results/train_throughput")
     parser.add_argument("--peer", choices=["trainer-best", "trainer-defaults", "trl"], help=argparse.SUPPRESS)  # internal: one peer run
+    parser.add_argument("--no-bf16", action="store_true", help=argparse.SUPPRESS)  # internal: the peer on a CPU without bf16
     args = parser.parse_args()
     if args.peer == "trl":
         print(json.dumps(trl_trainer(args.sft_steps)))
         return
     if args.peer:
-        print(json.dumps(stock_trainer(args.train_samples, args.peer == "trainer-best")))
+        print(json.dumps(stock_trainer(args.train_samples, args.peer == "trainer-best", False if args.no_bf16 else None)))
         return
     import trl
 

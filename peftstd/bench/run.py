@@ -79,8 +79,31 @@ def prediction_text(record: dict) -> str:
     return record.get("text", record.get("prompt"))
 
 
+def served_pick(export: Path, feed, threads: int):
+    """What `peftstd serve --artifact auto` runs here, timed as it runs it (dynamic int8: one row per call)."""
+    from peftstd.runtime.backends import Backend
+    from peftstd.runtime.choice import load_predictor
+
+    predictor = load_predictor(export, threads=threads, spinning=False)
+    rows = [{k: feed[k][i].tolist() for k in feed if k in predictor.engine.input_names} for i in range(len(feed["input_ids"]))]
+    name = f"peftstd-pick ({predictor.record.artifact} on {predictor.runtime}, as served)"
+    return Backend(name, lambda: predictor.forward(rows), predictor.device, None)
+
+
+def versus_peer(rows: list[dict], peer: str) -> list[dict]:
+    """Per grid cell: peftstd's pick as served against the fastest of the peer's configurations."""
+    out = []
+    for batch, sequence in dict.fromkeys((r["batch"], r["sequence"]) for r in rows):
+        cell = [r for r in rows if (r["batch"], r["sequence"]) == (batch, sequence)]
+        pick = next(r for r in cell if r["backend"].startswith("peftstd-pick"))
+        best = max((r for r in cell if r["backend"].startswith(peer)), key=lambda r: r["samples_per_s"])
+        out.append({"batch": batch, "sequence": sequence, "pick": pick["backend"], "pick_samples_per_s": pick["samples_per_s"],
+                    "peer": best["backend"], "peer_samples_per_s": best["samples_per_s"], "ratio": pick["samples_per_s"] / best["samples_per_s"]})
+    return out
+
+
 def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int], threads: int | None,
-              repeats: int, backends: set[str] | None, device: str = "cpu") -> dict:
+              repeats: int, backends: set[str] | None, device: str = "cpu", peers: str | None = None) -> dict:
     import psutil
     import torch
     from rich.table import Table
@@ -113,9 +136,28 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
               "target": str(target), "machine": hardware(), "versions": package_versions(), "threads": threads,
               "repeats": repeats, "rows": [], "raw_seconds": {}}
     grid = [(b, s) for s in sequences for b in batches]
+    peer_models = {}
+    if peers:
+        if export is None or task != "text-classification":
+            raise UserError("--peers optimum compares an export's pick with optimum's int8 of a text-classification run; give its export folder")
+        import tempfile
+
+        from peftstd.bench.peers import optimum_int8
+        from peftstd.runtime.folders import ExportFolder
+
+        scratch = tempfile.TemporaryDirectory(prefix="peftstd-bench-")
+        peer_models = optimum_int8(model, loaded.tokenizer, Path(scratch.name))
+        session = ExportFolder(export).disabled_optimizers
     for batch, sequence in tqdm(grid, desc="bench", disable=not sys.stderr.isatty()):
         feed = fixed_length_feed(loaded.tokenizer, texts, batch, sequence)
         cell = build_backends(model, export, feed, threads, backends, device)
+        if peers:
+            from peftstd.runtime.backends import engine_backend
+
+            cell.append(served_pick(export, feed, threads))
+            cell += [engine_backend(name, path, feed, threads, "onnxruntime", []) for name, path in peer_models.items()]
+            cell += [engine_backend(f"{name}+peftstd-session", path, feed, threads, "onnxruntime", session)
+                     for name, path in peer_models.items() if session]
         times = interleaved(cell, repeats=repeats)
         for backend in cell:
             row = {"backend": backend.name, "batch": batch, "sequence": sequence, "device": backend.device,
@@ -123,6 +165,9 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
                    "rss_mb": psutil.Process().memory_info().rss / 2**20, **summary(times[backend.name], batch, sequence)}
             result["rows"].append(row)
             result["raw_seconds"][f"{backend.name}|{batch}|{sequence}"] = times[backend.name]
+    if peers:
+        result["versus_peer"] = versus_peer(result["rows"], peers)
+        scratch.cleanup()
     if export is not None:
         from peftstd.runtime.choice import explain
         from peftstd.runtime.folders import ExportFolder
@@ -143,6 +188,9 @@ def run_bench(target: Path, out: Path, batches: list[int], sequences: list[int],
     if "pick" in result:
         console.print(f"peftstd serve --artifact auto runs {result['pick']['artifact']} on {result['pick']['runtime']} here: "
                       f"{result['pick']['why']}")
+    for row in result.get("versus_peer", []):
+        console.print(f"batch {row['batch']} seq {row['sequence']}: peftstd's pick {row['pick_samples_per_s']:.1f} samples/s, "
+                      f"{row['ratio']:.2f}x the fastest peer ({row['peer']}, {row['peer_samples_per_s']:.1f})")
     return result
 
 
@@ -158,6 +206,11 @@ def markdown(result: dict) -> str:
         metric = f"{r['metric']:.4f}" if r["metric"] is not None else "-"
         lines.append(f"| {r['backend']} | {r['batch']} | {r['sequence']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
                      f"{r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | {size} | {metric} | {r['device']} |")
+    if result.get("versus_peer"):
+        lines += ["", "peftstd's pick as `peftstd serve` runs it against the fastest configuration of the peer in each cell:", "",
+                  "| batch | seq | pick samples/s | fastest peer | peer samples/s | ratio |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['batch']} | {r['sequence']} | {r['pick_samples_per_s']:.1f} | {r['peer']} | {r['peer_samples_per_s']:.1f} | "
+                  f"**{r['ratio']:.2f}x** |" for r in result["versus_peer"]]
     if "pick" in result:
         pick = result["pick"]
         lines += ["", f"`peftstd serve --artifact auto` runs **{pick['artifact']}** on **{pick['runtime']}** here: {pick['why']}."]

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", help="comma-separated subset, e.g. pytorch-fp32,onnxruntime-int8-dynamic")
     parser.add_argument("--device", default="cpu", help="device of the PyTorch backends: cpu or cuda (default %(default)s)")
     parser.add_argument("--out", help="results folder (default TARGET/bench)")
+    parser.add_argument("--peers", choices=["optimum"], help="also time optimum's int8 of the same run at its best (every CPU preset, "
+                        "per-channel on and off; text classification) and report peftstd's pick, as served, against the fastest")
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print B's ratios to A instead of running")
 
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     target = Path(args.target)
     run_bench(target, Path(args.out) if args.out else target / "bench", parse_ints(args.batches, "--batches"),
               parse_ints(args.sequences, "--sequences"), args.threads, args.repeats,
-              set(args.backends.split(",")) if args.backends else None, args.device)
+              set(args.backends.split(",")) if args.backends else None, args.device, args.peers)
     return 0
 
 def parse_ints(text: str, flag: str) -> list[int]:

@@ -8,6 +8,7 @@ exceeds the metric budget, the most sensitive MatMuls (per-layer sensitivity pas
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -100,15 +101,57 @@ def quantize_static_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]
     )
 
 
-def sensitivity(nodes: list[str], quantize_all_but: Callable[[list[str], Path], None], error_of: Callable[[Path], float],
-                work: Path) -> list[tuple[str, float]]:
-    """Nodes ranked by how much int8 error disappears when that node alone stays in float."""
-    baseline_path = work / "all.onnx"
-    quantize_all_but([], baseline_path)
-    baseline = error_of(baseline_path)
+def keep_float(quantized, float_weights: dict, nodes: Iterable[str]) -> bytes:
+    """The serialized QDQ model `quantized` with `nodes` reading float inputs: each activation from before its
+    QuantizeLinear, each weight (and bias) from the float model, as ONNX Runtime's `nodes_to_exclude` leaves them.
+    The model object is restored afterwards. Hand-written: ONNX Runtime cannot un-quantize one node of a quantized
+    model, and re-quantizing the whole model for each node took 2.6 s a call (41 calls, 109 s of a MiniLM export)."""
+    graph = quantized.graph
+    producers = {output: node for node in graph.node for output in node.output}
+    present = {init.name for init in graph.initializer}
+    wanted, changed, added = set(nodes), [], 0
+    for node in graph.node:
+        if node.name not in wanted:
+            continue
+        for i, name in enumerate(node.input):
+            dequantize = producers.get(name)
+            if dequantize is None or dequantize.op_type != "DequantizeLinear":
+                continue
+            source = producers.get(dequantize.input[0])
+            weight = dequantize.input[0].removesuffix("_quantized")
+            if source is not None and source.op_type == "QuantizeLinear":
+                replacement = source.input[0]
+            elif weight in float_weights:
+                replacement = f"{weight}_float"  # a quantized bias's DequantizeLinear output keeps the float name
+                if replacement not in present:
+                    graph.initializer.append(float_weights[weight])
+                    graph.initializer[-1].name = replacement
+                    present.add(replacement)
+                    added += 1
+            else:
+                continue
+            changed.append((node, i, name))
+            node.input[i] = replacement
+    try:
+        return quantized.SerializeToString()
+    finally:
+        for node, i, name in changed:
+            node.input[i] = name
+        if added:
+            del graph.initializer[-added:]
+
+
+def sensitivity(nodes: list[str], error_of: Callable[[list[str]], float]) -> list[str]:
+    """Nodes, the most sensitive first: those whose int8 error disappears most when they stay in float.
+
+    Coarse to fine, since each trial runs the model: contiguous groups of about sqrt(n) nodes in graph order (a
+    transformer layer's MatMuls) stay in float one group at a time; then the nodes of the two groups that gained
+    most, one at a time; the other groups' nodes follow in their group's order. MiniLM: 20 trials instead of 42.
+    `error_of(kept_float)` is the error with those nodes in float."""
+    baseline = error_of([])
+    size = max(1, round(math.sqrt(len(nodes))))
+    groups = sorted((nodes[i : i + size] for i in range(0, len(nodes), size)), key=lambda group: baseline - error_of(group), reverse=True)
     ranked = []
-    for node in nodes:
-        candidate = work / "candidate.onnx"
-        quantize_all_but([node], candidate)
-        ranked.append((node, baseline - error_of(candidate)))
-    return sorted(ranked, key=lambda item: item[1], reverse=True)
+    for rank, group in enumerate(groups):
+        ranked += sorted(group, key=lambda node: error_of([node])) if rank < 2 else group
+    return ranked

@@ -23,14 +23,17 @@ def convert_gguf(folder: Path, filename: str, name: str) -> Path:
 
     digest = sha256_file(folder / filename)
     target = cache_dir() / "models" / f"{name}-{digest[:12]}"
-    if (target / CONVERSION_FILE).is_file():
+    if (target / CONVERSION_FILE).is_file() and not (target / "tokenizer.model").is_file():  # see save_pretrained below
         return target
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype="float32")
     model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
+    # The fast tokenizer only: with sentencepiece installed, the slow one transformers also builds from a GGUF file
+    # names the GGUF file itself as its vocabulary, and save_pretrained copied that (98 MB) in as tokenizer.model,
+    # which llama.cpp's converter and sentencepiece then failed to parse (on a fresh cache only).
+    tokenizer.save_pretrained(staging, legacy_format=False)
     record = {"source": str(folder / filename), "source_sha256": digest, "format": "gguf", "dequantized_to": "float32",
               "converter": f"transformers {transformers.__version__} (gguf_file=)"}
     (staging / CONVERSION_FILE).write_text(json.dumps(record, indent=2) + "\n")

@@ -216,6 +216,15 @@ def render_export_card(report: dict[str, Any], run_card: str | None) -> str:
         speed_table = (f"Speed on the exporting machine ({report.get('machine', {}).get('cpu', 'CPU')}, {speed['threads']} threads, "
                        f"sequence {speed['sequence']}, p50 of {speed['repeats']} interleaved calls, ONNX Runtime session settings "
                        f"{report.get('runtime', {})}):\n\n" + "\n".join(lines) + "\n\n")
+    choice = report.get("choice")
+    if choice:  # runtime/choice.py's ranking, best first
+        batches = list(choice["timings"][0]["samples_per_s"])
+        lines = ["| artifact | runtime | " + " | ".join(f"rows/s at batch {b}" for b in batches) + " |", "|---|---" + "|---" * len(batches) + "|"]
+        lines += [f"| {t['artifact']} | {t['runtime']} | " + " | ".join(f"{t['samples_per_s'][b]:.0f}" for b in batches) + " |"
+                  for t in choice["timings"]]
+        speed_table += (f"What `peftstd serve` runs by default on this machine (`--artifact auto --runtime auto`) is the first row, as served "
+                        f"(dynamic int8 one row per call), measured on {choice['machine']['cpu']} ({', '.join(choice['machine']['isa'])}); "
+                        "on another CPU it is measured again:\n\n" + "\n".join(lines) + "\n\n")
     prune_line = (f"Structured pruning removed {100 * prune['flops_reduction']:.0f}% of encoder FLOPs "
                   f"({prune['parameters_before']:,} -> {prune['parameters_after']:,} parameters).\n\n") if prune else ""
     return f"""---

@@ -65,10 +65,12 @@ def stack(outputs: list[np.ndarray], max_length: int) -> np.ndarray:
 
 @torch.no_grad()
 def torch_logits(model, tokenizer, data: TaskData, batch_size: int, max_length: int) -> np.ndarray:
+    """Logits of every example in `data`'s order, run in batches of similar length (`TaskData.by_length`)."""
     model.eval()
+    data, restore = data.by_length()
     out = [output_array(model(**{k: torch.from_numpy(v) for k, v in batch.items()})).float().numpy()
            for batch in batches(tokenizer, data, batch_size, max_length)]
-    return stack(out, max_length)
+    return stack(out, max_length)[restore]
 
 
 def model_inputs(model, batch: dict) -> dict:
@@ -88,14 +90,17 @@ def scored_logits(source, inputs: dict, scored: torch.Tensor, label_shift: int) 
     return logits[:, : logits.shape[1] - label_shift][scored]
 
 
-def onnx_session(path: Path, threads: int | None = None, disabled_optimizers: list[str] | None = None, spinning: bool = True):
-    """A CPU session; `disabled_optimizers` defaults to those recorded in the artifact's export.json.
+def onnx_session(path: Path | bytes, threads: int | None = None, disabled_optimizers: list[str] | None = None, spinning: bool = True):
+    """A CPU session of a file or a serialized model; `disabled_optimizers` defaults to those recorded in the
+    artifact's export.json.
 
     `spinning=False` stops the intra-op threads from busy-waiting after each run. Benchmarks need that:
     with several sessions interleaved on 2 cores, one session's spinning threads take the cores from the
     next (fp32 MiniLM at batch 1 measured 31.6 ms with spinning against 9.6 ms without)."""
     import onnxruntime as ort
 
+    if disabled_optimizers is None and isinstance(path, bytes):
+        disabled_optimizers = []
     if disabled_optimizers is None:
         from peftstd.runtime.folders import ExportFolder
 
@@ -107,7 +112,7 @@ def onnx_session(path: Path, threads: int | None = None, disabled_optimizers: li
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers))
+    session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers))
     actual = session.get_providers()
     if actual[0] != "CPUExecutionProvider":
         raise RuntimeError(f"asked for CPUExecutionProvider, ONNX Runtime gave {actual}")
@@ -116,10 +121,13 @@ def onnx_session(path: Path, threads: int | None = None, disabled_optimizers: li
 
 def engine_logits(engine, tokenizer, data: TaskData, batch_size: int, max_length: int) -> np.ndarray:
     """`onnx_logits` through a `runtime.engines.Engine` (ONNX Runtime or OpenVINO)."""
-    return stack([engine(batch) for batch in batches(tokenizer, data, batch_size, max_length)], max_length)
+    data, restore = data.by_length()
+    return stack([engine(batch) for batch in batches(tokenizer, data, batch_size, max_length)], max_length)[restore]
 
 
 def onnx_logits(session, tokenizer, data: TaskData, batch_size: int, max_length: int) -> np.ndarray:
+    """Logits of every example in `data`'s order, run in batches of similar length (`TaskData.by_length`)."""
     names = {i.name for i in session.get_inputs()}
+    data, restore = data.by_length()
     out = [run_session(session, {k: v for k, v in batch.items() if k in names}) for batch in batches(tokenizer, data, batch_size, max_length)]
-    return stack(out, max_length)
+    return stack(out, max_length)[restore]

@@ -25,6 +25,25 @@ class TaskData:
         return TaskData(self.texts[:n], self.pairs[:n] if self.pairs else None, self.label_ids[:n],
                         self.words[:n] if self.words else None, self.features[:n] if self.features else None)
 
+    def take(self, order) -> TaskData:
+        """The examples at the indices `order`, in that order."""
+        def pick(values):
+            return [values[i] for i in order] if values is not None else None
+
+        return TaskData(pick(self.texts), pick(self.pairs), self.label_ids[np.asarray(order)], pick(self.words), pick(self.features))
+
+    def by_length(self) -> tuple[TaskData, np.ndarray]:
+        """The examples shortest first, and the indices that put results back in the original order. Batches of
+        similar length pad less: in the data's own order, padding was about a third of the export's model runs."""
+        if self.features is not None:
+            sizes = [len(f["input_ids"]) for f in self.features]
+        elif self.words is not None:
+            sizes = [sum(map(len, w)) + len(w) for w in self.words]
+        else:
+            sizes = [len(t) + len(p or "") for t, p in zip(self.texts, self.pairs or [None] * len(self.texts))]
+        order = np.argsort(sizes, kind="stable")
+        return self.take(order), np.argsort(order)
+
 
 def run_splits(run_dir, manifest):
     """The run's splits rebuilt from its config, refused unless their sha256 match the manifest."""
