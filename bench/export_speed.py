@@ -30,7 +30,7 @@ from provenance import machine_line, provenance
 
 from peftstd.export.merge import merge
 from peftstd.export.pipeline import scratch_directory
-from peftstd.runtime.backends import onnx_backend, torch_backend
+from peftstd.runtime.backends import engine_backend, onnx_backend, torch_backend
 from peftstd.runtime.folders import ExportFolder, RunFolder
 from peftstd.runtime.load import load_run
 from peftstd.runtime.timing import fixed_length_feed, interleaved, summary
@@ -112,7 +112,7 @@ def run_benchmark(args, scratch: Path) -> None:
         for folder in exports:
             for record in folder.artifacts().values():
                 name = f"{folder.path.name}/{record.artifact}"
-                backends.append(onnx_backend(name, folder.path / record.file, feed, args.threads))
+                backends.append(engine_backend(name, folder.path / record.file, feed, args.threads, record.runtime))
                 metrics[name] = record.value
                 if record.artifact == "int8-dynamic" and folder.disabled_optimizers:
                     backends.append(onnx_backend(f"{name} (ORT defaults)", folder.path / record.file, feed, args.threads, []))

@@ -260,7 +260,7 @@ def engines_alone(export: Path, texts: list[str], threads: int, repeats: int) ->
 
     rows = []
     for record in ExportFolder(export).artifacts().values():  # the shipped ones
-        for runtime in RUNTIMES:
+        for runtime in (rt for rt in RUNTIMES if record.passed_on(rt)):
             for streams in (1, 2):
                 predictor = load_predictor(export, record.artifact, runtime, threads, streams=streams)
                 items = sorted((predictor.encode(t) for t in texts), key=lambda item: item.length)

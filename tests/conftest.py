@@ -193,7 +193,7 @@ def trained(tiny_model, sentiment_file, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def exported(trained, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exports") / "lora"
-    result = peftstd("export", str(trained["lora"]), "--int8", "--budget", "100", "--out", str(out))
+    result = peftstd("export", str(trained["lora"]), "--int8", "--cpu-int8", "dynamic", "static", "nncf", "--budget", "100", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 

@@ -82,3 +82,22 @@ def test_bench_says_what_it_would_pick_and_why(exported, tmp_path):
     assert (pick["artifact"], pick["runtime"]) == (fastest.artifact, fastest.runtime) and "measured on" in pick["why"]
     assert f"runs **{fastest.artifact}** on **{fastest.runtime}** here" in (tmp_path / "bench.md").read_text()
     assert "peftstd serve --artifact auto runs" in result.stdout + result.stderr
+
+
+def test_the_nncf_artifact_runs_on_openvino_only_and_is_checked_there(exported, tmp_path):
+    """NNCF's int8 is an OpenVINO IR: judged on OpenVINO by the gate, timed there by the choice, loaded there by
+    `check`, and refused by ONNX Runtime paths in one line."""
+    export = ExportFolder(exported)
+    nncf = export.artifact("int8-nncf")
+    assert nncf.runtime == "openvino" and nncf.file == "model.int8-nncf.xml" and (exported / "model.int8-nncf.bin").is_file()
+    assert nncf.passed_on("openvino") and not nncf.passed_on("onnxruntime")
+    assert ("int8-nncf", "openvino") in {(t.artifact, t.runtime) for t in export.record.choice.timings}
+    assert "model.int8-nncf.bin" in export.record.files  # the weights are covered by the sha256 list
+    checked = peftstd("check", str(exported))
+    assert checked.returncode == 0 and "model.int8-nncf.xml compiles in a bare OpenVINO core" in checked.stdout + checked.stderr
+    refused = peftstd("predict", str(exported), "--artifact", "int8-nncf", "--runtime", "onnxruntime", "fine")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "int8-nncf" in refused.stderr, refused.stderr
+    served = peftstd("predict", str(exported), "--artifact", "int8-nncf", "fine film")
+    assert served.returncode == 0 and served.stdout.split("\t")[0] in ("positive", "negative"), served.stderr[-1500:]
+    triton = peftstd("triton", str(exported), "--out", str(tmp_path / "t"), "--artifact", "int8-nncf")
+    assert triton.returncode == 2 and "openvino" in triton.stderr, triton.stderr

@@ -14,7 +14,8 @@ from onnx import numpy_helper
 def test_export_writes_the_artifacts_and_a_passing_gate(exported):
     report = json.loads((exported / "export.json").read_text())
     assert report["status"] == "passed"
-    for name in ("model.onnx", "model.int8.onnx", "model.int8-static.onnx", "config.json", "tokenizer.json", "labels.json"):
+    for name in ("model.onnx", "model.int8.onnx", "model.int8-static.onnx", "model.int8-nncf.xml", "model.int8-nncf.bin", "config.json",
+                 "tokenizer.json", "labels.json"):
         assert (exported / name).is_file(), name
     fp32 = next(r for r in report["gate"]["artifacts"] if r["artifact"] == "fp32")
     assert fp32["parity_passed"] and fp32["max_abs_logit_difference"] <= 1e-4
@@ -34,7 +35,8 @@ def test_export_card_carries_the_gate_figures(exported):
         assert f"| `{record['file']}` | {record['artifact']} | {record['value']:.4f} |" in card
     assert "Export **passed**" in card
     speed = {(r["backend"], r["batch"]): r for r in report["speed"]["rows"]}
-    assert set(speed) == {(name, batch) for name in ("pytorch-fp32", "fp32", "int8-dynamic", "int8-static") for batch in (1, 8)}
+    assert set(speed) == {(name, batch) for name in ("pytorch-fp32", "fp32", "int8-dynamic", "int8-static", "int8-nncf")
+                          for batch in (1, 8)}
     fp32 = speed["fp32", 8]
     assert f"| fp32 | {speed['fp32', 1]['p50_ms']:.1f} ({speed['fp32', 1]['speedup_vs_pytorch_fp32']:.2f}x) | {fp32['p50_ms']:.1f} (" in card
 
@@ -162,7 +164,7 @@ def test_gate_table_prints_whole_names_when_not_a_terminal(exported, capsys):
 
     print_gate(json.loads((exported / "export.json").read_text()), exported)
     table = capsys.readouterr().err
-    for name in ("model.int8-static.onnx", "model.int8.onnx", "int8-dynamic", "int8-static", "on openvino"):
+    for name in ("model.int8-static.onnx", "model.int8.onnx", "model.int8-nncf.xml", "int8-dynamic", "int8-static", "int8-nncf", "on openvino"):
         assert name in table, table
     assert "…" not in table
 

@@ -50,6 +50,8 @@ def build_backends(model, export: Path | None, feed, threads: int, names: set[st
         runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
         for runtime in runtimes:
             for record in ExportFolder(export).artifacts().values():
+                if not record.passed_on(runtime):  # NNCF's OpenVINO IR does not load in ONNX Runtime
+                    continue
                 name = f"{runtime}-{record.artifact}"
                 factories[name] = lambda r=record, n=name, rt=runtime: engine_backend(n, export / r.file, feed, threads, rt)
     return [make() for name, make in factories.items() if names is None or name in names]
@@ -64,7 +66,7 @@ def artifact_metrics(run: Path, export: Path | None) -> dict[str, float]:
     metrics = {"pytorch-fp32": folder.metrics["test"][PRIMARY_METRIC[folder.task]]}
     if export is not None:
         for record in ExportFolder(export).artifacts().values():
-            metrics[f"onnxruntime-{record.artifact}"] = record.value
+            metrics[f"{record.runtime}-{record.artifact}"] = record.value
             if record.openvino is not None:  # the gate's own OpenVINO run of the file, not ONNX Runtime's figure
                 metrics[f"openvino-{record.artifact}"] = record.openvino.value
     return metrics

@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=["cpu", "gpu"], help="where the artifact will run (default cpu)")
     parser.add_argument("--format", choices=["onnx", "tensorrt", "gguf"], help="artifact format (default onnx; gguf: causal-LM runs, for llama.cpp and Ollama)")
     parser.add_argument("--gguf-types", nargs="+", metavar="TYPE", help="GGUF types to write and gate (default f16 q8_0 q4_k_m)")
+    parser.add_argument("--cpu-int8", nargs="+", choices=["dynamic", "static", "nncf"], metavar="SCHEME",
+                        help="CPU int8 schemes with --int8: dynamic, static, nncf (default dynamic nncf)")
     parser.add_argument("--budget", type=float, help="largest allowed metric drop in points (default 1.0)")
     parser.add_argument("--out", help="export folder (default RUN/export, RUN/export-gguf for --format gguf)")
 
@@ -27,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from peftstd.export.profile import load_profile
 
     overrides = {"int8": args.int8 or None, "fp16": args.fp16 or None, "prune": args.prune, "target": args.target,
-                 "format": args.format, "budget": args.budget, "gguf_types": args.gguf_types}
+                 "format": args.format, "budget": args.budget, "gguf_types": args.gguf_types,
+                 "cpu_int8": args.cpu_int8}
     profile = load_profile(args.profile, overrides)
     run = Path(args.run)
     default = run / ("export-gguf" if profile.format == "gguf" else "export")  # beside an ONNX export, not over it

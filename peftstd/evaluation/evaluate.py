@@ -75,7 +75,7 @@ def predictor(target: Path, artifact: str | None) -> Target:
             with quiet():
                 model = load_generative(path, get_task(export.task), export.kv_cache)
             return Target(name, export.source_run.path, tokenizer, export.max_length, generator=model)
-        engine = open_engine(path, disabled_optimizers=export.disabled_optimizers)
+        engine = open_engine(path, record.runtime, disabled_optimizers=export.disabled_optimizers)  # NNCF's IR: openvino
         return Target(name, export.source_run.path, tokenizer, export.max_length,
                       logits=lambda data: engine_logits(engine, tokenizer, data, 32, export.max_length))
     if artifact:

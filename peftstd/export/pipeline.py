@@ -189,6 +189,8 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
 
         if profile.int8 or profile.fp16:
             with stages.stage("quantize"):
+                from peftstd.export.quantize import quantize_artifacts
+
                 artifacts.update(quantize_artifacts(folder, artifacts["fp32"], profile, calibration, search, task,
                                                     loaded, max_length, report))
 
@@ -209,11 +211,16 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
             reference = metric_points(task, trained_test_logits, test.label_ids)
             gate = []
             for name, path in artifacts.items():
-                session = onnx_session(path, disabled_optimizers=profile.session_disabled_optimizers)
-                logits = onnx_logits(session, loaded.tokenizer, test, profile.batch_size, max_length)
+                if path.suffix == ".xml":  # OpenVINO IR (NNCF's int8): judged on OpenVINO, the runtime it runs on
+                    logits = engine_logits(open_engine(path, "openvino"), loaded.tokenizer, test, profile.batch_size, max_length)
+                else:
+                    session = onnx_session(path, disabled_optimizers=profile.session_disabled_optimizers)
+                    logits = onnx_logits(session, loaded.tokenizer, test, profile.batch_size, max_length)
                 record = judge(name, logits, reference, exported_test_logits if name == "fp32" else None,
                                task, test.label_ids, profile.budget, profile.parity_for(generative=False))
                 record["file"] = path.name
+                if path.suffix == ".xml":
+                    record["runtime"] = "openvino"
                 if task.name in ("text-classification", "token-classification"):
                     record["drop_points_ci95"] = drop_interval(task, trained_test_logits, logits, test.label_ids)
                 if name == "fp32" and not record["parity_passed"]:
@@ -239,9 +246,10 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
 
         exported.config.save_pretrained(folder)
         loaded.tokenizer.save_pretrained(folder)
-        report["sizes_mb"] = {p.name: p.stat().st_size / 2**20 for p in artifacts.values()}
-        return finish(folder, report, passed, task, max_length, loaded.labels, {p.name: op_histogram(p) for p in artifacts.values()},
-                      stages, run_dir, splits.test)
+        report["sizes_mb"] = {p.name: sum(f.stat().st_size for f in (p, p.with_suffix(".bin")) if f.is_file()) / 2**20
+                              for p in artifacts.values()}
+        return finish(folder, report, passed, task, max_length, loaded.labels,
+                      {p.name: op_histogram(p) for p in artifacts.values() if p.suffix == ".onnx"}, stages, run_dir, splits.test)
 
     return write_export(out_dir, report, fill)
 
@@ -262,7 +270,9 @@ def ship_passing(gate: list[dict], artifacts: dict[str, Path]) -> bool:
     for record in gate:
         record["shipped"] = record["passed"]
         if not record["passed"]:
-            artifacts.pop(record["artifact"]).unlink()
+            removed = artifacts.pop(record["artifact"])
+            removed.unlink()
+            removed.with_suffix(".bin").unlink(missing_ok=True)  # an OpenVINO IR's weights
             why = f"drop of {record['drop_points']:.2f} points exceeds the budget" if not record["metric_passed"] else "parity failed"
             record["not_shipped"] = f"{why}; another {artifact_kind(record['artifact'])} artifact passed"
     return True
@@ -327,94 +337,6 @@ def write_export(out_dir: Path, report: dict, fill) -> int:
     replace_dir(out_dir, lambda folder: result.setdefault("code", fill(folder)))
     print_gate(report, out_dir)
     return result["code"]
-
-
-def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, loaded, max_length, report) -> dict:
-    """int8 (and fp16) artifacts; int8 keeps its most sensitive MatMuls in float until it fits the budget.
-
-    Drops are judged on `search` (validation + training examples the calibration never saw), never on
-    the test split the gate uses; the search aims at half the budget, since the gate's test split is
-    another sample and an artifact that only just fits on one sample fails on the other half the time.
-    """
-    import numpy as np
-
-    from peftstd.export import quantize
-    from peftstd.export.verify import metric_points
-    from peftstd.runtime.inference import batches, onnx_logits, onnx_session
-
-    work = Path(tempfile.mkdtemp(dir=Path.cwd()))  # inside the export's scratch directory
-    prepared = work / "prepared.onnx"
-    preprocessing = quantize.preprocess(fp32_path, prepared)
-    input_names = {i.name for i in onnx_session(fp32_path).get_inputs()}
-    longest = max(int(batch["attention_mask"].sum(-1).max()) for batch in batches(loaded.tokenizer, calibration, 256, max_length))
-    # One shape for all feeds: padded to each batch's own longest instead, static int8 lost so much on the search
-    # split that the sensitivity pass kept 38 of 41 MatMuls in float (ranges measured mostly without padding).
-    feeds = [{k: v for k, v in feed.items() if k in input_names}
-             for feed in batches(loaded.tokenizer, calibration, 8, longest, fixed_length=True)]
-    feeds = [feed for feed in feeds if len(feed["input_ids"]) == 8]  # the calibrators stack feeds: one shape only
-    probe = search.head(128)  # the sensitivity pass's trials: logits MSE, not a metric, so 128 examples rank the nodes
-
-    def logits(path: Path | bytes, data) -> np.ndarray:
-        session = onnx_session(path, disabled_optimizers=profile.session_disabled_optimizers)
-        return onnx_logits(session, loaded.tokenizer, data, profile.batch_size, max_length)
-
-    reference_points = metric_points(task, logits(fp32_path, search), search.label_ids)
-    reference_probe = logits(fp32_path, probe)
-
-    def search_drop(path: Path) -> float:
-        return reference_points - metric_points(task, logits(path, search), search.label_ids)
-
-    target = profile.budget / 2
-    stage: dict = {"isa": quantize.int8_isa(), "preprocessing": preprocessing, "calibration": "percentile 99.999", "calibration_examples": len(calibration.texts),
-                   "calibration_batches": len(feeds), "calibration_streamed": "one batch of 8 at a time", "search_examples": len(search.texts),
-                   "search_target_points": target, "artifacts": {}}
-    out: dict[str, Path] = {}
-
-    cache = work / "calibration.json"
-    schemes = []
-    if profile.int8 and profile.target == "cpu" and "dynamic" in profile.cpu_int8:
-        schemes += [("int8-dynamic", "model.int8.onnx", lambda ex, dst: quantize.quantize_dynamic_int8(prepared, dst, profile.per_channel, ex))]
-    if profile.int8 and profile.target == "cpu" and "static" in profile.cpu_int8:
-        schemes += [("int8-static", "model.int8-static.onnx",
-                     lambda ex, dst: quantize.quantize_static_int8(prepared, dst, feeds, profile.per_channel, False, ex, cache))]
-    if profile.int8 and profile.target == "gpu":
-        schemes += [("int8-qdq", "model.int8-qdq.onnx",
-                     lambda ex, dst: quantize.quantize_static_int8(prepared, dst, feeds, profile.per_channel, True, ex, cache))]
-    for name, filename, make in schemes:
-        cache.unlink(missing_ok=True)
-        dst = folder / filename
-        make([], dst)
-        excluded: list[str] = []
-        drop = search_drop(dst)
-        if drop > target:
-            import onnx
-
-            nodes, quantized = quantize.quantizable_nodes(prepared), onnx.load(str(dst))
-            float_weights = {init.name: init for init in onnx.load(str(prepared)).graph.initializer}
-
-            def probe_error(kept_float: list[str], quantized=quantized, float_weights=float_weights) -> float:
-                variant = quantize.keep_float(quantized, float_weights, kept_float)
-                return float(((logits(variant, probe) - reference_probe) ** 2).mean())
-
-            ranked = quantize.sensitivity(nodes, probe_error)
-            del quantized, float_weights
-            for count in (1, 2, 4, 8, 16, len(nodes)):
-                excluded = ranked[:count]
-                make(excluded, dst)
-                drop = search_drop(dst)
-                if drop <= target:
-                    break
-        stage["artifacts"][name] = {"file": filename, "search_drop_points": drop, "kept_in_float": excluded}
-        out[name] = dst
-    if profile.fp16:
-        import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        onnx.save(convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True), str(folder / "model.fp16.onnx"))
-        out["fp16"] = folder / "model.fp16.onnx"
-        stage["artifacts"]["fp16"] = {"file": "model.fp16.onnx"}
-    report["stages"]["quantize"] = stage
-    return out
 
 
 def print_gate(report: dict, out_dir: Path) -> None:

@@ -21,8 +21,11 @@ class ExportProfile(Section):
         "onnx", description="Artifact format; tensorrt needs the tensorrt package and an NVIDIA GPU; gguf (causal-LM runs) writes "
         "llama.cpp / Ollama files of the types in gguf_types and needs the gguf extra (llama-cpp-python).")
     int8: bool = Field(False, description="Also produce int8 artifacts (CPU: dynamic and static; GPU: static QDQ for TensorRT).")
-    cpu_int8: list[Literal["dynamic", "static"]] = Field(
-        ["dynamic", "static"], min_length=1, description="CPU int8 schemes to produce (and gate): dynamic, static (calibrated), or both.")
+    cpu_int8: list[Literal["dynamic", "static", "nncf"]] = Field(
+        ["dynamic", "nncf"], min_length=1, description="CPU int8 schemes to produce (and gate): dynamic and static (calibrated) "
+        "ONNX Runtime int8, nncf (OpenVINO IR by NNCF's post-training int8, runs on openvino). Static is left out by default: "
+        "slower than the other two on both CPU classes measured (bench/results/int8_variants.md) and 60 s of a MiniLM export; "
+        "add it for a batch-independent int8 ONNX file (Triton's onnxruntime backend).")
     fp16: bool = Field(False, description="Also produce an fp16 ONNX artifact (GPU targets).")
     prune: float = Field(0.0, ge=0.0, lt=0.9, description="Share of encoder FLOPs to remove by structured head/neuron pruning (0 disables).")
     budget: float = Field(1.0, ge=0.0, description="Largest allowed drop of the task metric, in points (1.0 = one accuracy point); "

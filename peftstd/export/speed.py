@@ -11,7 +11,7 @@ def speed_check(model, tokenizer, texts: list[str], artifacts: dict[str, Path], 
                 disabled_optimizers: list[str], batches=(1, 8), repeats: int = 10) -> dict:
     import torch
 
-    from peftstd.runtime.backends import onnx_backend, torch_backend
+    from peftstd.runtime.backends import engine_backend, torch_backend
     from peftstd.runtime.timing import fixed_length_feed, interleaved, summary
 
     sequence, threads = min(128, max_length), torch.get_num_threads()
@@ -19,7 +19,8 @@ def speed_check(model, tokenizer, texts: list[str], artifacts: dict[str, Path], 
     for batch in batches:
         feed = fixed_length_feed(tokenizer, texts, batch, sequence)
         backends = [torch_backend("pytorch-fp32", model, feed)]
-        backends += [onnx_backend(name, path, feed, threads, disabled_optimizers) for name, path in artifacts.items()]
+        backends += [engine_backend(name, path, feed, threads, "openvino" if path.suffix == ".xml" else "onnxruntime", disabled_optimizers)
+                     for name, path in artifacts.items()]
         times = interleaved(backends, repeats, warmup=2)
         baseline = summary(times["pytorch-fp32"], batch, sequence)["p50_ms"]
         for backend in backends:

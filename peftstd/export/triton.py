@@ -26,6 +26,9 @@ ONNX_TO_TRITON = {1: "TYPE_FP32", 6: "TYPE_INT32", 7: "TYPE_INT64", 10: "TYPE_FP
 def triton_artifact(export: ExportFolder, artifact: str):
     if artifact != "auto":
         record = export.artifact(artifact)
+        if record.runtime != "onnxruntime":
+            raise UserError(f"artifact {record.artifact} is {record.runtime}'s format, not an ONNX file for Triton's onnxruntime backend; "
+                            f"choose one of {', '.join(TRITON_ORDER)}")
         if record.artifact in BATCH_DEPENDENT:
             raise UserError(f"artifact {record.artifact} computes its scales over the whole batch, so Triton's batching would change "
                             f"its answers; choose one of {', '.join(TRITON_ORDER)}")

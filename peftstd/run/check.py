@@ -58,6 +58,9 @@ def check_export(folder: Path) -> list[Finding]:
         if path.suffix == ".gguf":
             findings.append(attempt(f"{record['file']} loads in llama.cpp", lambda f=path: load_gguf(f)))
             continue
+        if path.suffix == ".xml":  # OpenVINO IR (NNCF's int8)
+            findings.append(attempt(f"{record['file']} compiles in a bare OpenVINO core", lambda f=path: load_openvino(f)))
+            continue
         for onnx_file in sorted(path.glob("*.onnx")) if path.is_dir() else [path]:
             name = onnx_file.relative_to(folder).as_posix()
             findings.append(attempt(f"{name} loads in a bare onnxruntime session", lambda f=onnx_file: load_onnx(f)))
@@ -69,6 +72,13 @@ def load_onnx(path: Path) -> str:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return ", ".join(i.name for i in session.get_inputs())
+
+
+def load_openvino(path: Path) -> str:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU")
+    return ", ".join(port.any_name for port in compiled.inputs)
 
 
 def load_gguf(path: Path) -> str:

@@ -139,6 +139,8 @@ def named_artifact(export: ExportFolder, artifact: str, runtime: str) -> GateArt
     if not record.passed_on(runtime):
         if not record.passed:
             why = "failed the export gate"
+        elif record.runtime != "onnxruntime":
+            why = f"is {record.runtime}'s own format and runs on {record.runtime} only"
         elif record.openvino is None:
             why = f"was not judged on {runtime} by the export gate (re-export with the `{runtime}` package installed)"
         else:
@@ -160,7 +162,7 @@ def choose_artifact(export: ExportFolder, artifact: str = "auto", runtime: str =
     if export.runtime == "llama.cpp" or export.generative:
         runtime = export.runtime
     if artifact != "auto":
-        runtime = "onnxruntime" if runtime == "auto" else runtime
+        runtime = export.artifact(artifact).runtime if runtime == "auto" else runtime  # the runtime its gate ran it on
         return named_artifact(export, artifact, runtime), runtime
     runtimes = encoder_runtimes() if runtime == "auto" else [runtime]
     candidates = passed_on(export, runtimes)
