@@ -70,8 +70,8 @@ def main() -> None:
              f"- wall time: **{mean['current']:.1f} s** against {mean['baseline']:.1f} s, **{mean['baseline'] / mean['current']:.2f}x** faster", "",
              "| stage | " + " | ".join(f"{side} (s)" for side in results) + " |", "|---|---|---|"]
     for stage in stages:
-        values = [sum(r["timings_s"].get(stage, 0) for r in rows) / len(rows) for rows in results.values()]
-        lines.append(f"| {stage} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+        values = [sum(r["timings_s"][stage] for r in rows) / len(rows) if stage in rows[0]["timings_s"] else None for rows in results.values()]
+        lines.append(f"| {stage} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in values) + " |")
     lines += ["", "Same gate on both sides (budget, test split, checks); what each made:", "",
               "| side | artifact | test drop (points) | passed | kept in float |", "|---|---|---|---|---|"]
     for side, rows in results.items():
