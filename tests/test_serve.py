@@ -467,7 +467,7 @@ def test_openvino_runs_the_same_files_judged_by_the_gate(exported, start):
     report = json.loads((exported / "export.json").read_text())
     fp32 = next(r for r in report["gate"]["artifacts"] if r["artifact"] == "fp32")
     assert fp32["openvino"]["parity_passed"] and fp32["openvino"]["max_abs_logit_difference"] < 1e-4
-    assert all("openvino" in r for r in report["gate"]["artifacts"])
+    assert all("openvino" in r or r.get("runtime") == "openvino" for r in report["gate"]["artifacts"])  # NNCF's IR: judged there only
     reference = load_predictor(exported, "fp32").predict(TEXTS)
     openvino = load_predictor(exported, "fp32", "openvino")
     assert openvino.engine.runtime == "openvino"
