@@ -52,6 +52,9 @@ def check_startup(cfg: ServeConfig, exports: dict[str, Path]) -> None:
         if not read_keys(cfg.keys):
             raise UserError(f"key file {str(cfg.keys)!r} holds no keys; add one with `peftstd serve keys add NAME --keys {cfg.keys}`")
     for path in exports.values():
+        if ExportFolder.holds(path) and ExportFolder(path).runtime == "llama.cpp":
+            raise UserError(f"{str(path)!r} holds GGUF files, which run in llama.cpp, not in peftstd serve: serve them with "
+                            "llama.cpp's llama-server or Ollama (the folder's Modelfile); `peftstd predict` runs them")
         if ExportFolder.holds(path):
             choose_artifact(ExportFolder(path), cfg.artifact, cfg.runtime, cfg.threads, spinning=False)  # measured here once, then cached
     if cfg.request_log not in (None, "-"):
