@@ -149,9 +149,10 @@ def kill_after_checkpoints(command: list[str], run_dir: Path, count: int = 2) ->
     assert not (run_dir / "manifest.json").exists(), "the run finished before it could be killed"
 
 
-def peftstd(*args: str) -> subprocess.CompletedProcess:
-    """The `peftstd` command in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "peftstd", *args], capture_output=True, text=True, cwd=REPO, env=RECIPE_ENV)
+def peftstd(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    """The `peftstd` command in a fresh process; one that runs past `timeout` fails its test instead of hanging the
+    suite (a `peftstd serve` that should have refused to start once did)."""
+    return subprocess.run([sys.executable, "-m", "peftstd", *args], capture_output=True, text=True, cwd=REPO, env=RECIPE_ENV, timeout=timeout)
 
 
 def evaluated(run: Path, export: Path, out: Path, *extra: str) -> dict:
