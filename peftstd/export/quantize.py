@@ -1,9 +1,10 @@
 """Stage 5: int8 with ONNX Runtime's quantizer and NNCF, accuracy-driven.
 
 CPU: dynamic int8 (weights int8, activations quantized at run time) and static int8 (activation ranges
-calibrated on the run's training data) with ONNX Runtime's quantizer, and OpenVINO IR int8 by NNCF. GPU: static symmetric QDQ, the form TensorRT consumes; dynamic
-int8 is never produced for the CUDA provider (it runs slower there than fp32). When an artifact
-exceeds the metric budget, the most sensitive MatMuls (per-layer sensitivity pass) stay in float.
+calibrated on the run's training data) with ONNX Runtime's quantizer, and an OpenVINO IR quantized by NNCF.
+GPU: static symmetric QDQ, the form TensorRT consumes; dynamic int8 is never produced for the CUDA provider
+(it runs slower there than fp32). When an ONNX Runtime artifact exceeds the metric budget, the most sensitive
+MatMuls (the sensitivity pass) stay in float.
 """
 
 from __future__ import annotations
