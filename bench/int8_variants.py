@@ -34,9 +34,10 @@ from export_speed import held_out_test
 from provenance import machine_line, provenance, write_report
 
 from peftstd.bench.peers import optimum_int8
+from peftstd.bench.run import served_pick
 from peftstd.export.merge import merge
 from peftstd.export.pipeline import scratch_directory
-from peftstd.runtime.backends import Backend, engine_backend
+from peftstd.runtime.backends import engine_backend
 from peftstd.runtime.folders import ExportFolder, RunFolder
 from peftstd.runtime.load import load_run
 from peftstd.runtime.timing import fixed_length_feed, interleaved, summary
@@ -46,8 +47,8 @@ def ort_variants(export: ExportFolder, loaded, work: Path) -> dict[str, Path]:
     """ONNX Runtime's quantizer on the export's fp32 graph, with the choices peftstd's export does not make."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    from peftstd.export.quantize import FeedReader, preprocess, quantizable_nodes
-    from peftstd.runtime.inference import batches
+    from peftstd.export.quantize import FeedReader, calibration_feeds, preprocess, quantizable_nodes
+    from peftstd.runtime.inference import onnx_session
     from peftstd.runtime.taskdata import run_splits, task_data
 
     prepared = work / "prepared.onnx"
@@ -63,11 +64,9 @@ def ort_variants(export: ExportFolder, loaded, work: Path) -> dict[str, Path]:
     if static is not None:  # the export's static recipe (calibration, kept-float nodes) in QOperator form
         _, splits = run_splits(export.source_run.path, loaded.manifest)
         calibration = task_data(splits.train[:256], loaded.labels)
-        names = {"input_ids", "attention_mask", "token_type_ids"}
-        longest = max(int(b["attention_mask"].sum(-1).max()) for b in batches(loaded.tokenizer, calibration, 256, 512))
-        feeds = [{k: v for k, v in f.items() if k in names} for f in batches(loaded.tokenizer, calibration, 8, longest, fixed_length=True)]
+        feeds = calibration_feeds(loaded.tokenizer, calibration, {i.name for i in onnx_session(prepared).get_inputs()}, export.max_length)
         out["ort static QOperator"] = work / "ort-static-qoperator.onnx"
-        quantize_static(str(prepared), str(out["ort static QOperator"]), FeedReader([f for f in feeds if len(f["input_ids"]) == 8]),
+        quantize_static(str(prepared), str(out["ort static QOperator"]), FeedReader(feeds),
                         quant_format=QuantFormat.QOperator, per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes, nodes_to_exclude=static["kept_in_float"],
                         calibrate_method=CalibrationMethod.Percentile,
@@ -90,15 +89,6 @@ def nncf_model(export: ExportFolder, loaded, work: Path) -> Path:
     quantized = nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples))
     ov.save_model(quantized, str(work / "nncf-int8.xml"))
     return work / "nncf-int8.xml"
-
-
-def served_backend(name: str, export: ExportFolder, artifact: str, runtime: str, feed: dict, threads: int) -> Backend:
-    """An artifact through the predictor `peftstd serve` runs it with (dynamic int8: one row per call)."""
-    from peftstd.runtime.choice import load_predictor
-
-    predictor = load_predictor(export.path, artifact, runtime, threads, spinning=False)
-    rows = [{k: list(map(int, feed[k][i])) for k in feed if k in predictor.engine.input_names} for i in range(len(feed["input_ids"]))]
-    return Backend(name, lambda: predictor.forward(rows), predictor.device, None)
 
 
 def accuracy(path: Path, runtime: str, loaded, test, max_length: int) -> float:
@@ -149,8 +139,6 @@ def run_benchmark(args, work: Path) -> None:
     prepared_s = time.perf_counter() - started
     metrics = {name: accuracy(path, runtime, loaded, test, max_length) for name, (path, runtime) in models.items()}
     record, runtime = choose_artifact(export)
-    pick = f"peftstd pick as served: {record.artifact} ({runtime})"
-    metrics[pick] = metrics[f"peftstd {record.artifact} ({runtime})"]
     metrics.update({f"{name} + peftstd session": value for name, value in list(metrics.items()) if name.startswith("optimum-")})
     results = {**provenance(), "sequence": args.sequence, "threads": args.threads, "pick": {"artifact": record.artifact, "runtime": runtime,
                "why": reason(export.record.choice) if export.record.choice else None}, "preparation_s": prepared_s, "rows": []}
@@ -161,7 +149,8 @@ def run_benchmark(args, work: Path) -> None:
         # optimum's models also with peftstd's session setting (a user can set it too): the peer at its best
         backends += [engine_backend(f"{name} + peftstd session", path, feed, args.threads, rt, export.disabled_optimizers)
                      for name, (path, rt) in models.items() if name.startswith("optimum-")]
-        backends.append(served_backend(pick, export, record.artifact, runtime, feed, args.threads))
+        backends.append(served_pick(export.path, feed, args.threads))
+        metrics[backends[-1].name] = metrics[f"peftstd {record.artifact} ({runtime})"]
         times = interleaved(backends, repeats=max(5, args.repeats // max(1, batch // 4)))
         for backend in backends:
             row = {"backend": backend.name, "batch": batch, "accuracy": metrics.get(backend.name), **summary(times[backend.name], batch, args.sequence)}

@@ -217,11 +217,9 @@ def markdown(result: dict) -> str:
         pick = result["pick"]
         lines += ["", f"`peftstd serve --artifact auto` runs **{pick['artifact']}** on **{pick['runtime']}** here: {pick['why']}."]
         if pick["timings"]:
-            batches = list(pick["timings"][0]["samples_per_s"])
-            lines += ["", "| artifact | runtime | " + " | ".join(f"rows/s at batch {b}" for b in batches) + " | score (geometric mean) |",
-                      "|---|---|" + "---|" * len(batches) + "---|"]
-            lines += [f"| {t['artifact']} | {t['runtime']} | " + " | ".join(f"{t['samples_per_s'][b]:.0f}" for b in batches)
-                      + f" | {t['score']:.0f} |" for t in pick["timings"]]
+            from peftstd.run.card import ranking_table
+
+            lines += ["", *ranking_table(pick["timings"])]
     return "\n".join(lines) + "\n"
 
 

@@ -108,7 +108,7 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
     from peftstd.export.merge import max_abs_difference, merge
     from peftstd.export.onnx_export import export_onnx, op_histogram, optimize_graph
     from peftstd.export.verify import judge, metric_points, worst_initializer
-    from peftstd.runtime.inference import onnx_logits, onnx_session, torch_logits
+    from peftstd.runtime.inference import torch_logits
     from peftstd.runtime.load import load_run
     from peftstd.runtime.taskdata import run_splits, task_data
     from peftstd.tasks import get_task
@@ -204,23 +204,19 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
         with stages.stage("verify"):
             import importlib.util
 
-            from peftstd.runtime.engines import open_engine
+            from peftstd.runtime.engines import open_engine, runtime_of
             from peftstd.runtime.inference import engine_logits
 
             openvino = profile.target == "cpu" and importlib.util.find_spec("openvino") is not None
             reference = metric_points(task, trained_test_logits, test.label_ids)
             gate = []
             for name, path in artifacts.items():
-                if path.suffix == ".xml":  # OpenVINO IR (NNCF's int8): judged on OpenVINO, the runtime it runs on
-                    logits = engine_logits(open_engine(path, "openvino"), loaded.tokenizer, test, profile.batch_size, max_length)
-                else:
-                    session = onnx_session(path, disabled_optimizers=profile.session_disabled_optimizers)
-                    logits = onnx_logits(session, loaded.tokenizer, test, profile.batch_size, max_length)
+                # on the runtime its format runs on: NNCF's OpenVINO IR on OpenVINO, ONNX files on ONNX Runtime
+                engine = open_engine(path, runtime_of(path), disabled_optimizers=profile.session_disabled_optimizers)
+                logits = engine_logits(engine, loaded.tokenizer, test, profile.batch_size, max_length)
                 record = judge(name, logits, reference, exported_test_logits if name == "fp32" else None,
                                task, test.label_ids, profile.budget, profile.parity_for(generative=False))
-                record["file"] = path.name
-                if path.suffix == ".xml":
-                    record["runtime"] = "openvino"
+                record["file"], record["runtime"] = path.name, runtime_of(path)
                 if task.name in ("text-classification", "token-classification"):
                     record["drop_points_ci95"] = drop_interval(task, trained_test_logits, logits, test.label_ids)
                 if name == "fp32" and not record["parity_passed"]:

@@ -81,6 +81,17 @@ class FeedReader:
         return next(self.feeds, None)
 
 
+def calibration_feeds(tokenizer, calibration, input_names: set[str], max_length: int) -> list[dict[str, np.ndarray]]:
+    """Static int8's calibration feeds: batches of 8, all padded to the longest calibration example. One shape for
+    all: padded to each batch's own longest instead, static int8 lost so much on the search split that the
+    sensitivity pass kept 38 of 41 MatMuls in float (ranges measured mostly without padding)."""
+    from peftstd.runtime.inference import batches
+
+    longest = max(int(batch["attention_mask"].sum(-1).max()) for batch in batches(tokenizer, calibration, 256, max_length))
+    feeds = [{k: v for k, v in feed.items() if k in input_names} for feed in batches(tokenizer, calibration, 8, longest, fixed_length=True)]
+    return [feed for feed in feeds if len(feed["input_ids"]) == 8]  # the calibrators stack feeds: one shape only
+
+
 def quantize_static_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], per_channel: bool,
                          for_tensorrt: bool = False, exclude: Iterable[str] = (), cache: Path | None = None) -> None:
     """Static QDQ int8; `cache` keeps the calibrated ranges so that re-quantizing skips calibration."""
@@ -179,26 +190,22 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
     import tempfile
 
     from peftstd.export.verify import metric_points
-    from peftstd.runtime.engines import open_engine
+    from peftstd.runtime.engines import open_engine, runtime_of
     from peftstd.runtime.inference import batches, engine_logits, onnx_logits, onnx_session
 
     work = Path(tempfile.mkdtemp(dir=Path.cwd()))  # inside the export's scratch directory
     prepared = work / "prepared.onnx"
     preprocessing = preprocess(fp32_path, prepared)
     input_names = {i.name for i in onnx_session(fp32_path).get_inputs()}
-    longest = max(int(batch["attention_mask"].sum(-1).max()) for batch in batches(loaded.tokenizer, calibration, 256, max_length))
-    # One shape for all feeds: padded to each batch's own longest instead, static int8 lost so much on the search
-    # split that the sensitivity pass kept 38 of 41 MatMuls in float (ranges measured mostly without padding).
-    feeds = [{k: v for k, v in feed.items() if k in input_names}
-             for feed in batches(loaded.tokenizer, calibration, 8, longest, fixed_length=True)]
-    feeds = [feed for feed in feeds if len(feed["input_ids"]) == 8]  # the calibrators stack feeds: one shape only
+    feeds = calibration_feeds(loaded.tokenizer, calibration, input_names, max_length)
     probe = search.head(256)
 
     def logits(path: Path | bytes, data) -> np.ndarray:
-        if isinstance(path, Path) and path.suffix == ".xml":  # OpenVINO IR (NNCF's int8)
-            return engine_logits(open_engine(path, "openvino"), loaded.tokenizer, data, profile.batch_size, max_length)
-        session = onnx_session(path, disabled_optimizers=profile.session_disabled_optimizers)
-        return onnx_logits(session, loaded.tokenizer, data, profile.batch_size, max_length)
+        if isinstance(path, bytes):  # a sensitivity-pass variant, in memory
+            return onnx_logits(onnx_session(path, disabled_optimizers=profile.session_disabled_optimizers), loaded.tokenizer, data,
+                               profile.batch_size, max_length)
+        engine = open_engine(path, runtime_of(path), disabled_optimizers=profile.session_disabled_optimizers)
+        return engine_logits(engine, loaded.tokenizer, data, profile.batch_size, max_length)
 
     reference_points = metric_points(task, logits(fp32_path, search), search.label_ids)
     reference_probe = logits(fp32_path, probe)

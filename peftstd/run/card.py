@@ -187,6 +187,15 @@ Everything above is in `export.json`.
 """
 
 
+def ranking_table(timings: list[dict]) -> list[str]:
+    """Markdown rows of a measured ranking (export.json `choice`, runtime/choice.py), best first."""
+    batches = list(timings[0]["samples_per_s"])
+    lines = ["| artifact | runtime | " + " | ".join(f"rows/s at batch {b}" for b in batches) + " | score (geometric mean) |",
+             "|---|---|" + "---|" * len(batches) + "---|"]
+    return lines + [f"| {t['artifact']} | {t['runtime']} | " + " | ".join(f"{t['samples_per_s'][b]:.0f}" for b in batches)
+                    + f" | {t['score']:.0f} |" for t in timings]
+
+
 def render_export_card(report: dict[str, Any], run_card: str | None) -> str:
     """`README.md` of an export folder: the run's front matter plus what the export did and proved."""
     if report.get("runtime", {}).get("engine") == "llama.cpp":
@@ -218,10 +227,7 @@ def render_export_card(report: dict[str, Any], run_card: str | None) -> str:
                        f"{report.get('runtime', {})}):\n\n" + "\n".join(lines) + "\n\n")
     choice = report.get("choice")
     if choice:  # runtime/choice.py's ranking, best first
-        batches = list(choice["timings"][0]["samples_per_s"])
-        lines = ["| artifact | runtime | " + " | ".join(f"rows/s at batch {b}" for b in batches) + " |", "|---|---" + "|---" * len(batches) + "|"]
-        lines += [f"| {t['artifact']} | {t['runtime']} | " + " | ".join(f"{t['samples_per_s'][b]:.0f}" for b in batches) + " |"
-                  for t in choice["timings"]]
+        lines = ranking_table(choice["timings"])
         speed_table += (f"What `peftstd serve` runs by default on this machine (`--artifact auto --runtime auto`) is the first row, as served "
                         f"(dynamic int8 one row per call), measured on {choice['machine']['cpu']} ({', '.join(choice['machine']['isa'])}); "
                         "on another CPU it is measured again:\n\n" + "\n".join(lines) + "\n\n")

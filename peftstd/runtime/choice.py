@@ -202,9 +202,14 @@ def passed_on(export: ExportFolder, runtimes: list[str]) -> list[tuple[GateArtif
     return [(record, rt) for rt in runtimes for record in export.artifacts().values() if record.passed_on(rt)]
 
 
+def open_candidates(export: ExportFolder, candidates: list[tuple[GateArtifact, str]], threads: int | None = None,
+                    spinning: bool = True) -> dict[tuple[str, str], Predictor]:
+    return {(record.artifact, rt): open_predictor(export, record, rt, threads, spinning) for record, rt in candidates}
+
+
 def measure(export: ExportFolder, candidates: list[tuple[GateArtifact, str]], lengths: list[int], threads: int | None = None,
             spinning: bool = True, current: Mapping | None = None) -> Choice:
-    predictors = {(record.artifact, rt): open_predictor(export, record, rt, threads, spinning) for record, rt in candidates}
+    predictors = open_candidates(export, candidates, threads, spinning)
     return Choice(machine=dict(current or machine()), lengths=lengths, timings=time_predictors(predictors, lengths))
 
 
@@ -214,11 +219,10 @@ def measure_export(export: ExportFolder, inputs: list) -> Choice | None:
     candidates = passed_on(export, encoder_runtimes())
     if export.generative or export.runtime == "llama.cpp" or len(candidates) < 2:
         return None
-    record, runtime = candidates[0]
-    first = open_predictor(export, record, runtime)
+    predictors = open_candidates(export, candidates)
+    first = next(iter(predictors.values()))  # every predictor of the export tokenizes alike
     lengths = sample_lengths([len(row["input_ids"]) for value in inputs for row in first.encode(value).rows])
-    del first
-    return measure(export, candidates, lengths)
+    return Choice(machine=machine(), lengths=lengths, timings=time_predictors(predictors, lengths))
 
 
 def explain(export: ExportFolder, threads: int | None = None) -> dict:

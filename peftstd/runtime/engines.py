@@ -38,6 +38,12 @@ class Engine:
         return self.run({k: v for k, v in feed.items() if k in self.input_names})
 
 
+def runtime_of(path: Path) -> str:
+    """The runtime an artifact file runs on, by its format: an OpenVINO IR (.xml, NNCF's int8) on openvino, ONNX on
+    onnxruntime (which OpenVINO also runs, when the gate judged it there)."""
+    return "openvino" if Path(path).suffix == ".xml" else "onnxruntime"
+
+
 def open_engine(path: Path, runtime: str = "onnxruntime", threads: int | None = None,
                 disabled_optimizers: list[str] | None = None, spinning: bool = True, streams: int = 1) -> Engine:
     """`streams` > 1 splits the `threads` (default: every core) between that many concurrent calls, each on its own
