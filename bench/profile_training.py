@@ -2,10 +2,12 @@
 """Where a training step's time goes: `torch.profiler` over steps of the default recipe (MiniLM + LoRA on VADER,
 batch 32, max length 64, bf16 autocast where supported), built from the recipe's own parts.
 
-    python bench/profile_training.py [--steps 20] [--out bench/results/train_profile.md]
+    python bench/profile_training.py [--steps 20] [--trainer] [--out bench/results/train_profile.md] [overrides...]
 
 Writes the operators by self CPU time and the share of the step each family takes (matmuls, autocast copies,
-attention, optimizer, the rest), the input for making the recipe faster (issue 16, item 3).
+attention, optimizer, the rest), the input for making the recipe faster (issue 16, item 3). `--trainer` profiles the
+same steps of bench/train_throughput.py's best-configured transformers Trainer instead (in the precision the
+overrides give the recipe), so the two step budgets compare family by family (issue 32, item 4).
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default="bench/results/train_profile.md")
+    parser.add_argument("--trainer", action="store_true", help="profile the best-configured Trainer's steps instead of the recipe's")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. training.cpu_dropout=torch")
     args = parser.parse_args()
 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from peftstd.basics.hardware import hardware
     from peftstd.config import load_config
     from peftstd.data import load_splits
     from peftstd.methods import Wrapping, get_method
@@ -55,6 +57,12 @@ def main() -> None:
     cfg = load_config(None, ["model.max_length=64", "training.batch_size=32", *args.overrides])
     threads = set_cpu_threads(None, 1)
     precision, _ = resolve_precision(cfg.training.precision, torch.cuda.is_available())
+    if args.trainer:
+        prof, seconds = profile_trainer(args.steps, precision == "bf16")
+        subject = ("transformers Trainer + peft as bench/train_throughput.py's trainer-best runs it (MiniLM + LoRA r=16 on all "
+                   "linear layers, VADER, DataCollatorWithPadding, group_by_length, torch's dropout)")
+        write_profile(args, prof, seconds, precision, threads, subject)
+        return
     splits = load_splits(cfg.data, cfg.task.type)
     task = get_task(cfg.task.type, settings=cfg.task.model_dump())
     labels = task.label_names(cfg.task.labels, splits)
@@ -92,6 +100,41 @@ def main() -> None:
         for _ in range(args.steps):
             step()
     seconds = time.perf_counter() - started
+    subject = (f"default recipe (MiniLM + LoRA r=16 on all linear layers, VADER), cpu_dropout {cfg.training.cpu_dropout}, "
+               f"pooled_token_last_layer {str(cfg.training.pooled_token_last_layer).lower()}")
+    write_profile(args, prof, seconds, precision, threads, subject)
+
+
+def profile_trainer(steps: int, bf16: bool):
+    """The Trainer's steps 4 to 3 + `steps` under the profiler (a callback starts and stops it); the wall seconds."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    from bench.train_throughput import CLASSIFY, stock_trainer
+
+    class Profiled(TrainerCallback):
+        def __init__(self):
+            self.prof, self.seconds = profile(activities=[ProfilerActivity.CPU]), 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 3:  # after 3 warm-up steps, as the recipe's profile
+                self.prof.start()
+                self.seconds = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3 + steps:
+                self.prof.stop()
+                self.seconds = time.perf_counter() - self.seconds
+                control.should_training_stop = True
+
+    profiled = Profiled()
+    stock_trainer((steps + 4) * CLASSIFY["batch"], True, bf16, callbacks=(profiled,))
+    return profiled.prof, profiled.seconds
+
+
+def write_profile(args, prof, seconds: float, precision: str, threads: dict, subject: str) -> None:
+    from peftstd.basics.hardware import hardware
+
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     families = dict.fromkeys([*FAMILIES, "everything else"], 0.0)
@@ -101,9 +144,8 @@ def main() -> None:
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:20]
     machine = hardware()
     lines = ["# Where a training step's time goes (torch.profiler)", "", f"`{shlex.join(['python', *sys.argv])}`", "",
-             f"{machine['cpu']}, {threads['threads']} threads, {precision}; default recipe (MiniLM + LoRA r=16 on all linear layers, "
-             f"VADER), batch 32, max length 64, cpu_dropout {cfg.training.cpu_dropout}, pooled_token_last_layer "
-             f"{str(cfg.training.pooled_token_last_layer).lower()}; {args.steps} profiled steps after 3 warm-up steps, {seconds / args.steps * 1000:.0f} ms "
+             f"{machine['cpu']}, {threads['threads']} threads, {precision}; {subject}; batch 32, max length 64; "
+             f"{args.steps} profiled steps after 3 warm-up steps, {seconds / args.steps * 1000:.0f} ms "
              "per step under the profiler. Self CPU time of torch operators summed over every thread; time outside them (numpy's "
              "generator drawing packed dropout masks) is in the step time but not in the shares.", "",
              "| family | share of self CPU time |", "|---|---|",

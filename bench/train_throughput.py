@@ -48,9 +48,10 @@ CLASSIFY_RUNS = ["peftstd-auto", "peftstd-whole-last-layer", "trainer-best", "tr
 SFT_RUNS = ["sft-peftstd-auto", "sft-trl-best"]
 
 
-def stock_trainer(train_samples: int, best: bool, bf16: bool | None = None) -> dict:
+def stock_trainer(train_samples: int, best: bool, bf16: bool | None = None, callbacks: tuple = ()) -> dict:
     """transformers Trainer + peft in this process: `best` (dynamic padding, length grouping, bf16 autocast unless
-    `bf16` is False: a CPU without bf16) or run_glue's defaults (padding="max_length", fp32)."""
+    `bf16` is False: a CPU without bf16) or run_glue's defaults (padding="max_length", fp32). `callbacks` are the
+    Trainer's (bench/profile_training.py profiles its steps through one)."""
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
@@ -89,7 +90,7 @@ def stock_trainer(train_samples: int, best: bool, bf16: bool | None = None) -> d
                                  bf16=best if bf16 is None else bf16, group_by_length=best, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
                                  seed=42, dataloader_num_workers=0)
         trainer = Trainer(model=model, args=args, train_dataset=encode(train), eval_dataset=encode(test),
-                          data_collator=DataCollatorWithPadding(tokenizer) if best else None)
+                          data_collator=DataCollatorWithPadding(tokenizer) if best else None, callbacks=list(callbacks))
         train_metrics = trainer.train().metrics
         predictions = trainer.predict(encode(test))
     accuracy = float((np.argmax(predictions.predictions, -1) == predictions.label_ids).mean())
