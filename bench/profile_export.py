@@ -81,8 +81,12 @@ def markdown(report: dict) -> str:
               "| what | seconds | calls |", "|---|---|---|"]
     lines += [f"| {label} | {row['seconds']:.1f} | {row['calls']} |" for label, row in report["calls"].items()]
     artifacts = report["quantize"].get("artifacts", {})
-    lines += ["", "Artifacts: " + "; ".join(f"{name}: search drop {a.get('search_drop_points', 0):.2f} points, kept in float "
-                                            f"{a.get('kept_in_float') or 'nothing'}" for name, a in artifacts.items()), ""]
+    def searched(a: dict) -> str:
+        drop = a.get("search_drop_points")
+        return "not searched" if drop is None else f"search drop {drop:.2f} points"
+
+    lines += ["", "Artifacts: " + "; ".join(f"{name}: {searched(a)}, kept in float {a.get('kept_in_float') or 'nothing'}"
+                                            for name, a in artifacts.items()), ""]
     return "\n".join(lines) + "\n"
 
 

@@ -207,11 +207,12 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
         engine = open_engine(path, runtime_of(path), disabled_optimizers=profile.session_disabled_optimizers)
         return engine_logits(engine, loaded.tokenizer, data, profile.batch_size, max_length)
 
-    reference_points = metric_points(task, logits(fp32_path, search), search.label_ids)
-    reference_probe = logits(fp32_path, probe)
+    reference: list[float] = []  # fp32's points on the search split, computed when first needed
 
     def search_drop(path: Path) -> float:
-        return reference_points - metric_points(task, logits(path, search), search.label_ids)
+        if not reference:
+            reference.append(metric_points(task, logits(fp32_path, search), search.label_ids))
+        return reference[0] - metric_points(task, logits(path, search), search.label_ids)
 
     target = profile.budget / 2
     stage: dict = {"isa": int8_isa(), "preprocessing": preprocessing, "calibration": "percentile 99.999", "calibration_examples": len(calibration.texts),
@@ -237,14 +238,20 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
         dst = folder / filename
         make([], dst)
         excluded: list[str] = []
+        if dst.suffix != ".onnx":  # NNCF's IR has no node exclusion here, so no search could change it: the gate judges it as it is
+            stage["artifacts"][name] = {"file": filename, "search_drop_points": None, "kept_in_float": excluded}
+            out[name] = dst
+            continue
         drop = search_drop(dst)
-        if drop > target and dst.suffix == ".onnx":  # NNCF's IR has no node exclusion here: the gate judges it as it is
+        if drop > target:
             import onnx
 
             nodes, quantized = quantizable_nodes(prepared), onnx.load(str(dst))
             float_weights = {init.name: init for init in onnx.load(str(prepared)).graph.initializer}
 
-            def probe_error(kept_float: list[str], quantized=quantized, float_weights=float_weights) -> float:
+            reference_probe = logits(fp32_path, probe)
+
+            def probe_error(kept_float: list[str], quantized=quantized, float_weights=float_weights, reference_probe=reference_probe) -> float:
                 variant = keep_float(quantized, float_weights, kept_float)
                 return float(((logits(variant, probe) - reference_probe) ** 2).mean())
 
