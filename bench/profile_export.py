@@ -81,6 +81,7 @@ def markdown(report: dict) -> str:
               "| what | seconds | calls |", "|---|---|---|"]
     lines += [f"| {label} | {row['seconds']:.1f} | {row['calls']} |" for label, row in report["calls"].items()]
     artifacts = report["quantize"].get("artifacts", {})
+
     def searched(a: dict) -> str:
         drop = a.get("search_drop_points")
         return "not searched" if drop is None else f"search drop {drop:.2f} points"

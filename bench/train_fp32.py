@@ -108,5 +108,6 @@ def main() -> None:
         lines.append(f"- bench/results/train_throughput.md (peftstd-auto / trainer-best, both in bf16, another day's host): {bf16_ratio:.2f}x")
     write_report(Path(args.out), report, "\n".join(lines) + "\n")
 
+
 if __name__ == "__main__":
     main()

@@ -11,16 +11,17 @@ def speed_check(model, tokenizer, texts: list[str], artifacts: dict[str, Path], 
                 disabled_optimizers: list[str], batches=(1, 8), repeats: int = 10) -> dict:
     import torch
 
-    from peftstd.runtime.backends import engine_backend, torch_backend
+    from peftstd.runtime.backends import engine_backend, timing_engine, torch_backend
     from peftstd.runtime.engines import runtime_of
     from peftstd.runtime.timing import fixed_length_feed, interleaved, summary
 
     sequence, threads = min(128, max_length), torch.get_num_threads()
+    engines = {name: timing_engine(path, runtime_of(path), threads, disabled_optimizers) for name, path in artifacts.items()}
     rows = []
     for batch in batches:
         feed = fixed_length_feed(tokenizer, texts, batch, sequence)
         backends = [torch_backend("pytorch-fp32", model, feed)]
-        backends += [engine_backend(name, path, feed, threads, runtime_of(path), disabled_optimizers) for name, path in artifacts.items()]
+        backends += [engine_backend(name, path, feed, threads, engine=engines[name]) for name, path in artifacts.items()]
         times = interleaved(backends, repeats, warmup=2)
         baseline = summary(times["pytorch-fp32"], batch, sequence)["p50_ms"]
         for backend in backends:
