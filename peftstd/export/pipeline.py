@@ -204,7 +204,7 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
         with stages.stage("verify"):
             import importlib.util
 
-            from peftstd.runtime.engines import open_engine, runtime_of
+            from peftstd.runtime.engines import artifact_files, open_engine, runtime_of
             from peftstd.runtime.inference import engine_logits
 
             openvino = profile.target == "cpu" and importlib.util.find_spec("openvino") is not None
@@ -242,8 +242,7 @@ def run_stages(run_dir: Path, out_dir: Path, profile: ExportProfile) -> int:
 
         exported.config.save_pretrained(folder)
         loaded.tokenizer.save_pretrained(folder)
-        report["sizes_mb"] = {p.name: sum(f.stat().st_size for f in (p, p.with_suffix(".bin")) if f.is_file()) / 2**20
-                              for p in artifacts.values()}
+        report["sizes_mb"] = {p.name: sum(f.stat().st_size for f in artifact_files(p)) / 2**20 for p in artifacts.values()}
         return finish(folder, report, passed, task, max_length, loaded.labels,
                       {p.name: op_histogram(p) for p in artifacts.values() if p.suffix == ".onnx"}, stages, run_dir, splits.test)
 
@@ -260,15 +259,16 @@ def ship_passing(gate: list[dict], artifacts: dict[str, Path]) -> bool:
     removed from the folder (their gate records stay, with the reason): a user who asked for int8 gets the int8
     artifact that passed instead of exit 1 and nothing usable. When a kind has none, everything stays for
     diagnosis and the export fails."""
+    from peftstd.runtime.engines import artifact_files
+
     kinds = {artifact_kind(r["artifact"]) for r in gate}
     if not all(any(r["passed"] for r in gate if artifact_kind(r["artifact"]) == kind) for kind in kinds):
         return False
     for record in gate:
         record["shipped"] = record["passed"]
         if not record["passed"]:
-            removed = artifacts.pop(record["artifact"])
-            removed.unlink()
-            removed.with_suffix(".bin").unlink(missing_ok=True)  # an OpenVINO IR's weights
+            for removed in artifact_files(artifacts.pop(record["artifact"])):
+                removed.unlink()
             why = f"drop of {record['drop_points']:.2f} points exceeds the budget" if not record["metric_passed"] else "parity failed"
             record["not_shipped"] = f"{why}; another {artifact_kind(record['artifact'])} artifact passed"
     return True

@@ -20,7 +20,7 @@ class ExportProfile(Section):
     format: Literal["onnx", "tensorrt", "gguf"] = Field(
         "onnx", description="Artifact format; tensorrt needs the tensorrt package and an NVIDIA GPU; gguf (causal-LM runs) writes "
         "llama.cpp / Ollama files of the types in gguf_types and needs the gguf extra (llama-cpp-python).")
-    int8: bool = Field(False, description="Also produce int8 artifacts (CPU: dynamic and static; GPU: static QDQ for TensorRT).")
+    int8: bool = Field(False, description="Also produce int8 artifacts (CPU: the schemes in cpu_int8; GPU: static QDQ for TensorRT).")
     cpu_int8: list[Literal["dynamic", "static", "nncf"]] = Field(
         ["dynamic", "nncf"], min_length=1, description="CPU int8 schemes to produce (and gate): dynamic and static (calibrated) "
         "ONNX Runtime int8, nncf (OpenVINO IR by NNCF's post-training int8, runs on openvino). Static is left out by default: "

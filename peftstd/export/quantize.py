@@ -187,6 +187,7 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
     the test split the gate uses; the search aims at half the budget, since the gate's test split is
     another sample and an artifact that only just fits on one sample fails on the other half the time.
     """
+    import functools
     import tempfile
 
     from peftstd.export.verify import metric_points
@@ -197,7 +198,8 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
     prepared = work / "prepared.onnx"
     preprocessing = preprocess(fp32_path, prepared)
     input_names = {i.name for i in onnx_session(fp32_path).get_inputs()}
-    feeds = calibration_feeds(loaded.tokenizer, calibration, input_names, max_length)
+    static = profile.int8 and (profile.target == "gpu" or "static" in profile.cpu_int8)  # ONNX Runtime's calibrated int8
+    feeds = calibration_feeds(loaded.tokenizer, calibration, input_names, max_length) if static else []
     probe = search.head(256)
 
     def logits(path: Path | bytes, data) -> np.ndarray:
@@ -207,17 +209,22 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
         engine = open_engine(path, runtime_of(path), disabled_optimizers=profile.session_disabled_optimizers)
         return engine_logits(engine, loaded.tokenizer, data, profile.batch_size, max_length)
 
-    reference: list[float] = []  # fp32's points on the search split, computed when first needed
+    @functools.cache  # fp32's references: computed once, and only when a search needs them
+    def reference_points() -> float:
+        return metric_points(task, logits(fp32_path, search), search.label_ids)
+
+    @functools.cache
+    def reference_probe() -> np.ndarray:
+        return logits(fp32_path, probe)
 
     def search_drop(path: Path) -> float:
-        if not reference:
-            reference.append(metric_points(task, logits(fp32_path, search), search.label_ids))
-        return reference[0] - metric_points(task, logits(path, search), search.label_ids)
+        return reference_points() - metric_points(task, logits(path, search), search.label_ids)
 
     target = profile.budget / 2
-    stage: dict = {"isa": int8_isa(), "preprocessing": preprocessing, "calibration": "percentile 99.999", "calibration_examples": len(calibration.texts),
-                   "calibration_batches": len(feeds), "calibration_streamed": "one batch of 8 at a time", "search_examples": len(search.texts),
-                   "search_target_points": target, "artifacts": {}}
+    stage: dict = {"isa": int8_isa(), "preprocessing": preprocessing, "calibration_examples": len(calibration.texts),
+                   "search_examples": len(search.texts), "search_target_points": target, "artifacts": {}}
+    if static:
+        stage |= {"calibration": "percentile 99.999", "calibration_batches": len(feeds), "calibration_streamed": "one batch of 8 at a time"}
     out: dict[str, Path] = {}
 
     cache = work / "calibration.json"
@@ -249,11 +256,9 @@ def quantize_artifacts(folder, fp32_path, profile, calibration, search, task, lo
             nodes, quantized = quantizable_nodes(prepared), onnx.load(str(dst))
             float_weights = {init.name: init for init in onnx.load(str(prepared)).graph.initializer}
 
-            reference_probe = logits(fp32_path, probe)
-
-            def probe_error(kept_float: list[str], quantized=quantized, float_weights=float_weights, reference_probe=reference_probe) -> float:
+            def probe_error(kept_float: list[str], quantized=quantized, float_weights=float_weights) -> float:
                 variant = keep_float(quantized, float_weights, kept_float)
-                return float(((logits(variant, probe) - reference_probe) ** 2).mean())
+                return float(((logits(variant, probe) - reference_probe()) ** 2).mean())
 
             ranked = sensitivity(nodes, probe_error)
             del quantized, float_weights

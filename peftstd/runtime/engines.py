@@ -44,6 +44,12 @@ def runtime_of(path: Path) -> str:
     return "openvino" if Path(path).suffix == ".xml" else "onnxruntime"
 
 
+def artifact_files(path: Path) -> list[Path]:
+    """The files an artifact is made of: an OpenVINO IR is its .xml and the .bin of weights beside it."""
+    path = Path(path)
+    return [path, path.with_suffix(".bin")] if runtime_of(path) == "openvino" else [path]
+
+
 def open_engine(path: Path, runtime: str = "onnxruntime", threads: int | None = None,
                 disabled_optimizers: list[str] | None = None, spinning: bool = True, streams: int = 1) -> Engine:
     """`streams` > 1 splits the `threads` (default: every core) between that many concurrent calls, each on its own
