@@ -133,7 +133,7 @@ def profile_trainer(steps: int, bf16: bool):
 
 
 def write_profile(args, prof, seconds: float, precision: str, threads: dict, subject: str) -> None:
-    from peftstd.basics.hardware import hardware
+    from bench.provenance import machine_line, provenance
 
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
@@ -142,9 +142,8 @@ def write_profile(args, prof, seconds: float, precision: str, threads: dict, sub
         family = next((f for f, parts in FAMILIES.items() if any(p in event.key for p in parts)), "everything else")
         families[family] += event.self_cpu_time_total
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:20]
-    machine = hardware()
     lines = ["# Where a training step's time goes (torch.profiler)", "", f"`{shlex.join(['python', *sys.argv])}`", "",
-             f"{machine['cpu']}, {threads['threads']} threads, {precision}; {subject}; batch 32, max length 64; "
+             f"{machine_line(provenance())}; {threads['threads']} threads, {precision}; {subject}; batch 32, max length 64; "
              f"{args.steps} profiled steps after 3 warm-up steps, {seconds / args.steps * 1000:.0f} ms "
              "per step under the profiler. Self CPU time of torch operators summed over every thread; time outside them (numpy's "
              "generator drawing packed dropout masks) is in the step time but not in the shares.", "",
